@@ -1,0 +1,5 @@
+from custom_components.handlers.export import EncoderExport
+from custom_components.handlers.preview import ReconstructionPreview
+from custom_components.handlers.progress import ProgressBarHandler
+
+__all__ = ["EncoderExport", "ProgressBarHandler", "ReconstructionPreview"]

@@ -1,0 +1,4 @@
+from custom_components.transforms.checks import CheckImaged, CheckLabeld
+from custom_components.transforms.views import GlobalLocalViewsd
+
+__all__ = ["CheckImaged", "CheckLabeld", "GlobalLocalViewsd"]

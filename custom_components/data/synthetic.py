@@ -1,0 +1,310 @@
+"""Synthetic CT-like volumes and NIfTI datasets, used by the quickstart and the tests instead of downloads.
+
+A volume is an elliptic body (fat rim, soft tissue) in air, two lungs near the top, a spine and ribs, and
+``num_classes - 1`` organ-like ellipsoids laid out on a jittered grid in the abdomen, each with its own mean HU
+in 20..150 (like BTCV's 13 abdominal organs) and a thin fat plane around it, plus mild gaussian noise. Organ ``k``
+keeps its HU and its grid cell in every volume, so a small UNETR learns the task in a few epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from .datalist import load_datalist, training_entries, write_decathlon_json
+
+__all__ = ["BTCV_ORGANS", "ensure_synthetic_dataset", "make_synthetic_ct", "write_synthetic_dataset"]
+
+logger = logging.getLogger("custom_components")
+
+BTCV_ORGANS = (
+    "spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",
+    "inferior vena cava", "portal and splenic veins", "pancreas", "right adrenal gland", "left adrenal gland",
+)  # fmt: skip
+AIR_HU, FAT_HU, SOFT_TISSUE_HU, LUNG_HU, BONE_HU = -1000.0, -100.0, 40.0, -800.0, 700.0
+ORGAN_HU_RANGE = (20.0, 150.0)
+NOISE_HU = 10.0
+MIN_SIZE = 16
+MARKER_FILE = "synthetic_dataset_args.json"
+DATALIST_FILE = "dataset.json"
+
+
+def make_synthetic_ct(
+    shape: Sequence[int] = (96, 96, 64), num_classes: int = 14, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Make one CT-like volume and its organ label map; each seed gives a different, deterministic volume.
+
+    Array axes are (x: right-left, y: posterior-anterior, z: inferior-superior); the lungs are at high z.
+
+    Args:
+        shape: spatial size ``(H, W, D)``, each at least 16.
+        num_classes: number of label classes including background, 2..256; organs are ``1..num_classes-1``.
+        seed: non-negative random seed.
+
+    Returns:
+        ``(image, label)``: image ``[H, W, D]`` int16 in Hounsfield units (-1000 air .. ~+730 bone) and label
+        ``[H, W, D]`` uint8 with values in ``0..num_classes-1`` (0 background, ``k`` organ ``k``).
+
+    Example::
+
+        image, label = make_synthetic_ct((96, 96, 64), num_classes=14, seed=3)
+    """
+    shape = _validate_shape(shape)
+    _validate_num_classes(num_classes)
+    _validate_seed(seed)
+    rng = np.random.default_rng(seed)
+    axes = [np.linspace(-1.0, 1.0, n) for n in shape]
+    x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
+    image = np.full(shape, AIR_HU, dtype=np.float32)
+    label = np.zeros(shape, dtype=np.uint8)
+
+    centre, semi_axes = rng.uniform(-0.04, 0.04, 2), rng.uniform((0.80, 0.62), (0.90, 0.72))
+    radius = np.sqrt(((x - centre[0]) / semi_axes[0]) ** 2 + ((y - centre[1]) / semi_axes[1]) ** 2)
+    body = np.broadcast_to(radius <= 1.0, shape)
+    image[body] = FAT_HU
+    image[np.broadcast_to(radius <= 0.9, shape)] = SOFT_TISSUE_HU
+    _paint_lungs(image, (x, y, z), centre, semi_axes, rng)
+    for k, (organ_centre, radii, rotation) in enumerate(_organ_layout(num_classes - 1, centre, semi_axes, rng), 1):
+        _paint_ellipsoid(image, label, axes, organ_centre, radii * 1.25, rotation, FAT_HU, 0)
+        organ_hu = np.interp(k, (1, max(num_classes - 1, 2)), ORGAN_HU_RANGE) + rng.uniform(-3.0, 3.0)
+        _paint_ellipsoid(image, label, axes, organ_centre, radii, rotation, organ_hu, k)
+    _paint_bones(image, label, (x, y, z), radius, centre, semi_axes)
+    image[~body] = AIR_HU  # keep everything inside the body outline
+    label[~body] = 0
+    image += rng.normal(0.0, NOISE_HU, shape).astype(np.float32)
+    return np.clip(np.rint(image), -1024, 3071).astype(np.int16), label
+
+
+def write_synthetic_dataset(
+    out_dir: str | os.PathLike,
+    num_volumes: int = 8,
+    shape: Sequence[int] = (96, 96, 64),
+    spacing: Sequence[float] = (1.5, 1.5, 2.0),
+    num_classes: int = 14,
+    labelled: bool = True,
+    num_folds: int = 5,
+    num_test: int = 2,
+    seed: int = 0,
+) -> str:
+    """Write a synthetic CT dataset as NIfTI files plus a MONAI decathlon-style ``dataset.json``.
+
+    Layout under ``out_dir``: ``imagesTr/case_0000.nii.gz`` (int16 HU), ``labelsTr/case_0000.nii.gz`` (uint8,
+    when ``labelled``), ``imagesTs/test_0000.nii.gz`` (``num_test`` unlabelled images) and ``dataset.json`` with
+    relative paths and folds assigned round-robin. Training case ``i`` uses seed ``seed + i``, test image ``j``
+    seed ``seed + num_volumes + j``. The affine carries ``spacing`` and centres the volume at the origin.
+
+    Args:
+        out_dir: output folder (created).
+        num_volumes: number of training volumes, at least 1.
+        shape: spatial size ``(H, W, D)`` of every volume, each at least 16.
+        spacing: voxel size in mm along the three axes, each positive.
+        num_classes: number of label classes including background; 14 names the labels after BTCV's organs.
+        labelled: write labels and ``"label"`` entries; False writes images only (pre-training data).
+        num_folds: number of cross-validation folds, 1..num_volumes.
+        num_test: number of extra unlabelled test images, at least 0.
+        seed: non-negative base seed.
+
+    Returns:
+        the path of ``dataset.json``.
+    """
+    args = _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_folds, num_test, seed)
+    root = Path(out_dir).expanduser().absolute()
+    affine = _affine(args["shape"], args["spacing"])
+    images, labels = [], []
+    for index in range(num_volumes):
+        image, label = make_synthetic_ct(args["shape"], num_classes, seed + index)
+        images.append(_save_nifti(image, affine, root / "imagesTr" / f"case_{index:04d}.nii.gz", root))
+        if labelled:
+            labels.append(_save_nifti(label, affine, root / "labelsTr" / f"case_{index:04d}.nii.gz", root))
+    testing = []
+    for index in range(num_test):
+        image, _ = make_synthetic_ct(args["shape"], num_classes, seed + num_volumes + index)
+        testing.append({"image": _save_nifti(image, affine, root / "imagesTs" / f"test_{index:04d}.nii.gz", root)})
+    names = BTCV_ORGANS if num_classes == len(BTCV_ORGANS) + 1 else [f"organ_{k}" for k in range(1, num_classes)]
+    datalist = write_decathlon_json(
+        root / DATALIST_FILE,
+        name="synthetic_ct",
+        description=f"synthetic CT-like volumes made by custom_components.data.make_synthetic_ct, {args}",
+        labels={"0": "background", **{str(k): name for k, name in enumerate(names, 1)}},
+        training=training_entries(images, labels if labelled else None, num_folds),
+        testing=testing,
+    )
+    logger.info(
+        f"wrote {num_volumes} {'labelled' if labelled else 'unlabelled'} training volumes and {num_test} test "
+        f"volumes of shape {args['shape']} to {root}; datalist {datalist}"
+    )
+    return datalist
+
+
+def ensure_synthetic_dataset(out_dir: str | os.PathLike, **kwargs: Any) -> str:
+    """Return the datalist of the synthetic dataset in ``out_dir``, writing it only when needed.
+
+    The arguments of the last :func:`write_synthetic_dataset` call are stored in ``out_dir/{MARKER_FILE}``;
+    the dataset is (re)written when that marker is missing, holds other arguments, or a listed file is gone.
+    This makes it cheap to call at the start of every bundle run, e.g.
+    ``"$custom_components.data.ensure_synthetic_dataset(@dataset_dir, num_volumes=8)"``.
+
+    Args:
+        out_dir: dataset folder.
+        kwargs: the keyword arguments of :func:`write_synthetic_dataset` (defaults apply to the others).
+
+    Returns:
+        the path of ``dataset.json``.
+    """
+    unknown = set(kwargs) - set(_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown arguments {sorted(unknown)}; expected some of {sorted(_DEFAULTS)}.")
+    call = {**_DEFAULTS, **kwargs}
+    args = _validated_args(**call)
+    root = Path(out_dir).expanduser().absolute()
+    marker, datalist = root / MARKER_FILE, root / DATALIST_FILE
+    if _is_complete(marker, datalist, args):
+        logger.info(f"reusing the synthetic dataset in {root} (same arguments {args})")
+        return str(datalist)
+    marker.unlink(missing_ok=True)
+    written = write_synthetic_dataset(root, **call)
+    marker.write_text(json.dumps(args, indent=2) + "\n")
+    return written
+
+
+def _is_complete(marker: Path, datalist: Path, args: dict[str, Any]) -> bool:
+    """Whether ``marker`` records ``args`` and every file listed by ``datalist`` exists."""
+    if not marker.is_file() or not datalist.is_file():
+        return False
+    try:
+        if json.loads(marker.read_text()) != args:
+            return False
+        load_datalist(datalist, "training", keys=("image", "label") if args["labelled"] else ("image",))
+        if args["num_test"]:
+            load_datalist(datalist, "testing")
+    except (ValueError, FileNotFoundError):
+        return False
+    return True
+
+
+def _paint_lungs(image: np.ndarray, grid, centre: np.ndarray, semi_axes: np.ndarray, rng) -> None:
+    """Two lung ellipsoids at the top of the volume (high z), on both sides of the midline."""
+    x, y, z = grid
+    lung_hu = LUNG_HU + rng.uniform(-30.0, 30.0)
+    for side in (-1.0, 1.0):
+        cx = centre[0] + side * (0.45 + rng.uniform(-0.03, 0.03)) * semi_axes[0]
+        cy, cz = centre[1] + 0.05 * semi_axes[1], 0.72 + rng.uniform(-0.04, 0.04)
+        inside = ((x - cx) / (0.33 * semi_axes[0])) ** 2 + ((y - cy) / (0.55 * semi_axes[1])) ** 2
+        image[np.broadcast_to(inside + ((z - cz) / 0.35) ** 2 <= 1.0, image.shape)] = lung_hu
+
+
+def _paint_bones(image: np.ndarray, label: np.ndarray, grid, radius: np.ndarray, centre, semi_axes) -> None:
+    """A posterior spine along z and rib bands around the thorax; bone is background in the label."""
+    x, y, z = grid
+    spine = ((x - centre[0]) / 0.09) ** 2 + ((y - (centre[1] - 0.72 * semi_axes[1])) / 0.09) ** 2 <= 1.0
+    ribs = (radius >= 0.8) & (radius <= 0.86) & (z > 0.35) & (np.sin(z * 40.0) > 0.3)
+    bone = np.broadcast_to(spine | ribs, image.shape)
+    image[bone] = BONE_HU
+    label[bone] = 0
+
+
+def _organ_layout(num_organs: int, centre: np.ndarray, semi_axes: np.ndarray, rng):
+    """Yield ``(centre [3], radii [3], rotation [3, 3])`` per organ, one per cell of a 3 x 2 x n abdomen grid."""
+    lower = np.array([centre[0] - 0.62 * semi_axes[0], centre[1] - 0.5 * semi_axes[1], -0.9])
+    upper = np.array([centre[0] + 0.62 * semi_axes[0], centre[1] + 0.62 * semi_axes[1], 0.38])
+    cells = np.array([3, 2, math.ceil(num_organs / 6)])
+    cell = (upper - lower) / cells
+    for k in range(num_organs):
+        index = np.array([k % 3, (k // 3) % 2, k // 6])
+        organ_centre = lower + (index + 0.5 + rng.uniform(-0.12, 0.12, 3)) * cell
+        yield organ_centre, rng.uniform(0.30, 0.45, 3) * cell, _rotation(rng.uniform(-0.4, 0.4, 3))
+
+
+def _rotation(angles: np.ndarray) -> np.ndarray:
+    """Rotation matrix ``[3, 3]`` from three angles (radians) about x, y and z."""
+    (cx, cy, cz), (sx, sy, sz) = np.cos(angles), np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _paint_ellipsoid(image, label, axes, centre, radii, rotation, hu: float, value: int) -> None:
+    """Set ``image`` to ``hu`` and ``label`` to ``value`` inside a rotated ellipsoid (normalised coordinates)."""
+    reach = radii.max()
+    box = tuple(
+        slice(np.searchsorted(a, c - reach), np.searchsorted(a, c + reach, side="right"))
+        for a, c in zip(axes, centre)
+    )
+    local = np.meshgrid(*(a[s] - c for a, s, c in zip(axes, box, centre)), indexing="ij")
+    offsets = np.stack(local, axis=-1) @ rotation  # coordinates in the ellipsoid's own frame
+    inside = (((offsets / radii) ** 2).sum(-1)) <= 1.0
+    image[box][inside] = hu
+    label[box][inside] = value
+
+
+def _affine(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
+    """RAS affine ``[4, 4]`` with ``spacing`` on the diagonal and the volume centred on the world origin."""
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = [-(n - 1) * s / 2.0 for n, s in zip(shape, spacing)]
+    return affine
+
+
+def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, root: Path) -> str:
+    """Save ``array`` with ``affine`` (sform and qform, mm) and return its path relative to ``root``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = nib.Nifti1Image(array, affine)
+    image.header.set_qform(affine, code=1)
+    image.header.set_sform(affine, code=1)
+    image.header.set_xyzt_units("mm")
+    nib.save(image, path)
+    return path.relative_to(root).as_posix()
+
+
+_DEFAULTS = {
+    "num_volumes": 8, "shape": (96, 96, 64), "spacing": (1.5, 1.5, 2.0), "num_classes": 14, "labelled": True,
+    "num_folds": 5, "num_test": 2, "seed": 0,
+}  # fmt: skip
+
+
+def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_folds, num_test, seed) -> dict[str, Any]:
+    """Validate the dataset arguments and return them JSON-ready (lists for sequences)."""
+    if isinstance(num_volumes, bool) or not isinstance(num_volumes, int) or num_volumes < 1:
+        raise ValueError(f"num_volumes must be a positive int, got {num_volumes!r}.")
+    if isinstance(num_folds, bool) or not isinstance(num_folds, int) or not 1 <= num_folds <= num_volumes:
+        raise ValueError(f"num_folds must be an int in 1..num_volumes={num_volumes}, got {num_folds!r}.")
+    if isinstance(num_test, bool) or not isinstance(num_test, int) or num_test < 0:
+        raise ValueError(f"num_test must be a non-negative int, got {num_test!r}.")
+    if not isinstance(labelled, bool):
+        raise ValueError(f"labelled must be a bool, got {labelled!r}.")
+    spacing = tuple(float(s) for s in spacing) if isinstance(spacing, Sequence) else ()
+    if len(spacing) != 3 or not all(s > 0 for s in spacing):
+        raise ValueError(f"spacing must be three positive numbers (mm), got {spacing!r}.")
+    _validate_num_classes(num_classes)
+    _validate_seed(seed)
+    return {
+        "num_volumes": num_volumes, "shape": list(_validate_shape(shape)), "spacing": list(spacing),
+        "num_classes": num_classes, "labelled": labelled, "num_folds": num_folds, "num_test": num_test, "seed": seed,
+    }  # fmt: skip
+
+
+def _validate_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+    values = tuple(shape) if isinstance(shape, (Sequence, np.ndarray)) else ()
+    if len(values) != 3 or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in values):
+        raise ValueError(f"shape must be three ints, each at least {MIN_SIZE}, got {shape!r}.")
+    if min(values) < MIN_SIZE:
+        raise ValueError(f"shape must be three ints, each at least {MIN_SIZE}, got {shape!r}.")
+    return tuple(int(n) for n in values)
+
+
+def _validate_num_classes(num_classes: int) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= 256:
+        raise ValueError(f"num_classes must be an int in 2..256 (background included), got {num_classes!r}.")
+
+
+def _validate_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}.")

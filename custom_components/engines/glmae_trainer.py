@@ -1,0 +1,151 @@
+"""The GL-MAE trainer: one Ignite iteration = student pass, teacher pass, losses, backward, step, EMA update."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn as nn
+from monai.engines import SupervisedTrainer
+from monai.utils import convert_to_tensor
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+from custom_components.losses.glmae_loss import GLMAELoss
+from custom_components.networks.glmae import EMATeacher
+
+__all__ = ["GLMAETrainer", "cosine_momentum"]
+
+
+def cosine_momentum(step: int, total_steps: int, base: float = 0.996, final: float = 1.0) -> float:
+    """DINO's teacher momentum schedule: ``final - (final - base) * (cos(pi * step / total) + 1) / 2``."""
+    if total_steps <= 0:
+        return base
+    progress = min(max(step / total_steps, 0.0), 1.0)
+    return final - (final - base) * (math.cos(math.pi * progress) + 1) / 2
+
+
+class GLMAETrainer(SupervisedTrainer):
+    """A MONAI ``SupervisedTrainer`` whose iteration is the GL-MAE pre-training step.
+
+    Each batch holds ``global_views [B, p, C, G, G, G]`` and ``local_views [B, q, C, L, L, L]``
+    (``custom_components.transforms.GlobalLocalViewsd``). One iteration:
+
+    1. the student masks and encodes all global views in one pass and all local views in another, reconstructs the
+       masked patches with the shared decoder and projects the CLS tokens;
+    2. the EMA teacher encodes the intact global views without gradients;
+    3. ``GLMAELoss`` gives reconstruction + consistency terms; a non-finite loss stops training with an error;
+    4. backward (divided by ``accumulation_steps``), gradient clipping, optimizer step every
+       ``accumulation_steps`` iterations, then the EMA update with the cosine momentum schedule.
+
+    ``engine.state.output`` holds ``loss`` and every term (``loss_rec_local``, ``loss_rec_global``, ``loss_g2g``,
+    ``loss_g2l``) as floats, plus ``ema_momentum``.
+
+    Args:
+        device, max_epochs, train_data_loader, network, optimizer, epoch_length, train_handlers,
+            key_train_metric, non_blocking, compile, compile_kwargs: as for ``SupervisedTrainer``.
+        teacher: the ``EMATeacher`` of ``network``.
+        loss_function: a ``GLMAELoss``.
+        mask_ratio: fraction of tokens masked in every student view (0.75).
+        ema_momentum: teacher momentum at the start; it follows a cosine schedule to ``ema_momentum_end``.
+        clip_grad_norm: max gradient norm, or None/0 for no clipping.
+        amp: autocast the forward passes to bfloat16 (on GPU and CPU; no grad scaler is needed for bf16).
+        accumulation_steps: optimizer step every N iterations (effective batch = batch × N × world size).
+        global_key, local_key: batch keys of the views.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        train_data_loader: DataLoader,
+        network: nn.Module,
+        teacher: EMATeacher,
+        optimizer: Optimizer,
+        loss_function: GLMAELoss,
+        mask_ratio: float = 0.75,
+        ema_momentum: float = 0.996,
+        ema_momentum_end: float = 1.0,
+        clip_grad_norm: float | None = 3.0,
+        amp: bool = False,
+        accumulation_steps: int = 1,
+        epoch_length: int | None = None,
+        train_handlers: Sequence | None = None,
+        key_train_metric: dict | None = None,
+        non_blocking: bool = True,
+        compile: bool = False,
+        compile_kwargs: dict | None = None,
+        global_key: str = "global_views",
+        local_key: str = "local_views",
+        iteration_update: Callable | None = None,
+    ) -> None:
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}.")
+        if not 0.0 <= ema_momentum <= ema_momentum_end <= 1.0:
+            raise ValueError(f"need 0 <= ema_momentum <= ema_momentum_end <= 1, got {ema_momentum}, {ema_momentum_end}.")
+        if accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}.")
+        super().__init__(
+            device=device, max_epochs=max_epochs, train_data_loader=train_data_loader, network=network,
+            optimizer=optimizer, loss_function=loss_function, epoch_length=epoch_length, non_blocking=non_blocking,
+            iteration_update=iteration_update, key_train_metric=key_train_metric, train_handlers=train_handlers,
+            amp=False, compile=compile, compile_kwargs=compile_kwargs, decollate=False,
+        )
+        self.teacher = teacher
+        self.mask_ratio = mask_ratio
+        self.ema_momentum = ema_momentum
+        self.ema_momentum_end = ema_momentum_end
+        self.clip_grad_norm = clip_grad_norm
+        self.use_amp = amp
+        self.accumulation_steps = accumulation_steps
+        self.global_key = global_key
+        self.local_key = local_key
+
+    def _views(self, batchdata: dict, key: str, needed: bool) -> tuple[torch.Tensor | None, int]:
+        """``[B, n, C, *S]`` from the batch -> ``([B * n, C, *S]`` on the device, or None, and B)."""
+        views = convert_to_tensor(batchdata[key], track_meta=False)
+        if views.ndim != 6:
+            raise ValueError(f"batch['{key}'] must be [B, views, C, H, W, D], got shape {tuple(views.shape)}.")
+        batch_size = views.shape[0]
+        if not needed or views.shape[1] == 0:
+            return None, batch_size
+        return views.flatten(0, 1).to(self.state.device, non_blocking=self.non_blocking), batch_size
+
+    def _iteration(self, engine: GLMAETrainer, batchdata: dict) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        loss_fn: GLMAELoss = engine.loss_function
+        global_views, batch_size = engine._views(batchdata, engine.global_key, loss_fn.needs("global"))
+        local_views, _ = engine._views(batchdata, engine.local_key, loss_fn.needs("local"))
+        acc = engine.accumulation_steps
+        step_in_cycle = (engine.state.iteration - 1) % acc
+        engine.network.train()
+        if step_in_cycle == 0:
+            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+
+        autocast = torch.autocast(device_type=torch.device(engine.state.device).type, dtype=torch.bfloat16,
+                                  enabled=engine.use_amp)
+        with autocast:
+            student = engine.network(global_views, local_views, engine.mask_ratio)
+            teacher = engine.teacher(global_views) if loss_fn.needs("teacher") else None
+            losses = loss_fn(student, teacher, global_views, local_views, batch_size)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            terms = {k: float(v) for k, v in losses.items()}
+            raise FloatingPointError(
+                f"GL-MAE loss is not finite at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
+                f"{terms}. Lower learning_rate, check the input intensities, or enable gradient clipping."
+            )
+        (loss / acc).backward()
+        total_steps = engine.state.epoch_length * engine.state.max_epochs // acc
+        momentum = cosine_momentum(engine.state.iteration // acc, total_steps, engine.ema_momentum,
+                                   engine.ema_momentum_end)
+        if step_in_cycle == acc - 1 or engine.state.iteration == engine.state.epoch_length * engine.state.max_epochs:
+            if engine.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.clip_grad_norm)
+            engine.optimizer.step()
+            engine.teacher.update(engine.network, momentum)
+        engine.state.output = {k: v.detach().float().item() for k, v in losses.items()}
+        engine.state.output["ema_momentum"] = momentum
+        return engine.state.output

@@ -1,0 +1,47 @@
+"""Optimiser helpers: the MAE learning-rate rule and weight-decay parameter groups."""
+
+from __future__ import annotations
+
+import logging
+
+import torch.distributed as dist
+import torch.nn as nn
+
+__all__ = ["scaled_learning_rate", "param_groups_weight_decay"]
+
+logger = logging.getLogger("custom_components")
+
+
+def scaled_learning_rate(base_lr: float, batch_size: int, accumulation_steps: int = 1,
+                         world_size: int | None = None, reference_batch: int = 256) -> float:
+    """The linear scaling rule ``lr = base_lr * effective_batch / reference_batch`` (MAE: reference 256).
+
+    ``effective_batch = batch_size * accumulation_steps * world_size``; ``world_size`` defaults to the
+    initialised process group's size, else 1. Logs the effective batch and the absolute learning rate.
+    """
+    if base_lr <= 0 or batch_size < 1 or accumulation_steps < 1 or reference_batch < 1:
+        raise ValueError(f"need base_lr > 0 and positive sizes, got base_lr={base_lr}, batch_size={batch_size}, "
+                         f"accumulation_steps={accumulation_steps}, reference_batch={reference_batch}.")
+    if world_size is None:
+        world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    effective = batch_size * accumulation_steps * world_size
+    lr = base_lr * effective / reference_batch
+    logger.info(f"effective batch {effective} = {batch_size} per rank x {accumulation_steps} accumulation x "
+                f"{world_size} ranks; learning rate {lr:.3g} = {base_lr:.3g} x {effective} / {reference_batch}")
+    return lr
+
+
+def param_groups_weight_decay(network: nn.Module, weight_decay: float) -> list[dict]:
+    """Two parameter groups: decay on weight matrices, none on biases, norms, tokens and 1-D parameters.
+
+    Frozen parameters (``requires_grad=False``, e.g. fixed position embeddings) are left out.
+    """
+    decay, no_decay = [], []
+    for name, param in network.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name.endswith(".bias") or "token" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

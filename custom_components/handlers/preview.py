@@ -1,0 +1,125 @@
+"""PNG previews of GL-MAE reconstructions: original, masked input and reconstruction, three orthogonal slices."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+from ignite.engine import Engine, Events
+from monai.utils import convert_to_tensor
+from PIL import Image, ImageDraw
+
+from custom_components.losses.reconstruction import patchify, unpatchify
+
+__all__ = ["ReconstructionPreview"]
+
+logger = logging.getLogger("custom_components")
+
+ROWS = ("original", "masked input", "reconstruction", "recon + visible")
+
+
+def _slices(volume: np.ndarray) -> list[np.ndarray]:
+    """Middle axial, coronal and sagittal slices of ``[H, W, D]``, each rotated for display."""
+    h, w, d = volume.shape
+    return [np.rot90(volume[:, :, d // 2]), np.rot90(volume[:, w // 2, :]), np.rot90(volume[h // 2, :, :])]
+
+
+def _to_uint8(image: np.ndarray, size: int) -> Image.Image:
+    pixels = (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+    scale = max(1, size // max(pixels.shape))
+    return Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST)
+
+
+class ReconstructionPreview:
+    """Every ``interval`` epochs, reconstruct the first global and first local view of the last batch with a fixed
+    mask and write ``<output_dir>/preview_epoch_XXXX.png``: rows original / masked input / reconstruction /
+    reconstruction with the visible patches pasted back, columns axial / coronal / sagittal middle slices.
+
+    Args:
+        network: the ``GLMAE`` student (DDP-wrapped is fine).
+        output_dir: folder for the PNG files.
+        interval: epochs between previews.
+        mask_ratio: masking used for the preview.
+        norm_pix_loss: the student predicts normalised patches; de-normalise with the original patch statistics.
+        seed: seed of the preview mask, the same every time so previews are comparable across epochs.
+        size: approximate pixel size of each slice tile.
+    """
+
+    def __init__(self, network: nn.Module, output_dir: str, interval: int = 1, mask_ratio: float = 0.75,
+                 norm_pix_loss: bool = False, seed: int = 0, size: int = 160,
+                 global_key: str = "global_views", local_key: str = "local_views") -> None:
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}.")
+        self.network = network
+        self.output_dir = output_dir
+        self.interval = interval
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+        self.seed = seed
+        self.size = size
+        self.keys = (global_key, local_key)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    @torch.no_grad()
+    def reconstruct(self, view: torch.Tensor) -> list[np.ndarray]:
+        """``view: [C, H, W, D]`` -> the four ``[H, W, D]`` volumes of the rows (first channel)."""
+        net = getattr(self.network, "module", self.network)
+        device = next(net.parameters()).device
+        x = view[None].float().to(device)
+        patch = net.encoder.patch_size
+        grid = net.encoder.token_grid(x.shape[2:])
+        was_training = net.training
+        net.eval()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            out = net.forward_view(x, self.mask_ratio)
+        net.train(was_training)
+        pred, mask = out["pred"].float(), out["mask"]
+        target = patchify(x, patch)
+        if self.norm_pix_loss:
+            pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
+        masked_in = target * (1 - mask[..., None]) + 0.5 * mask[..., None]
+        pasted = target * (1 - mask[..., None]) + pred * mask[..., None]
+        channels = x.shape[1]
+        volumes = [x] + [unpatchify(p, patch, grid, channels) for p in (masked_in, pred, pasted)]
+        return [v[0, 0].cpu().numpy() for v in volumes]
+
+    def render(self, views: dict[str, torch.Tensor]) -> Image.Image:
+        """One panel per view kind, side by side, labelled."""
+        panels = []
+        for kind, view in views.items():
+            rows = [[_to_uint8(s, self.size) for s in _slices(vol)] for vol in self.reconstruct(view)]
+            tile_w = max(t.width for row in rows for t in row)
+            tile_h = max(t.height for row in rows for t in row)
+            panel = Image.new("L", (3 * tile_w + 110, 4 * tile_h + 20), color=0)
+            draw = ImageDraw.Draw(panel)
+            draw.text((110, 4), f"{kind} view {tuple(view.shape[1:])}", fill=255)
+            for r, (label, row) in enumerate(zip(ROWS, rows)):
+                draw.text((4, 20 + r * tile_h + tile_h // 2), label, fill=255)
+                for c, tile in enumerate(row):
+                    panel.paste(tile, (110 + c * tile_w, 20 + r * tile_h))
+            panels.append(panel)
+        canvas = Image.new("L", (sum(p.width for p in panels), max(p.height for p in panels)), color=0)
+        x = 0
+        for p in panels:
+            canvas.paste(p, (x, 0))
+            x += p.width
+        return canvas
+
+    def __call__(self, engine: Engine) -> None:
+        batch = engine.state.batch
+        views = {}
+        for key in self.keys:
+            if key in batch and batch[key].shape[1] > 0:
+                views[key.replace("_views", "")] = convert_to_tensor(batch[key][0, 0], track_meta=False)
+        if not views:
+            return
+        os.makedirs(self.output_dir, exist_ok=True)
+        path = os.path.join(self.output_dir, f"preview_epoch_{engine.state.epoch:04d}.png")
+        self.render(views).save(path)
+        logger.info(f"reconstruction preview written to {path}")

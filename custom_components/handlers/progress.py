@@ -1,0 +1,26 @@
+"""A progress bar for bundle configs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ignite.engine import Engine
+from ignite.handlers import ProgressBar
+
+__all__ = ["ProgressBarHandler"]
+
+
+class ProgressBarHandler:
+    """Ignite's tqdm ``ProgressBar`` in the ``attach(engine)`` form that MONAI handler lists expect.
+
+    Args:
+        output_transform: maps ``engine.state.output`` to a dict of values shown after the bar (e.g. the losses).
+        persist: keep the finished bar of each epoch on screen.
+    """
+
+    def __init__(self, output_transform: Callable | None = None, persist: bool = True) -> None:
+        self.output_transform = output_transform
+        self.persist = persist
+
+    def attach(self, engine: Engine) -> None:
+        ProgressBar(persist=self.persist).attach(engine, output_transform=self.output_transform)
