@@ -12,6 +12,9 @@ Our encoder file (``encoder.pt``, written by the pre-training bundle) is a plain
 timm names), MONAI ``MaskedAutoEncoderViT`` state dicts and plain MONAI ``ViT`` / ``UNETR`` state dicts. It adapts
 the position grid and input channels to the target and reports loaded / missing / unexpected keys.
 
+Build the target with ``qkv_bias=True``: MONAI's ``UNETR`` defaults to False and would leave the pre-trained qkv
+biases unused (reported as unexpected). timm checkpoints used LayerNorm eps 1e-6; MONAI's blocks use 1e-5.
+
 Example::
 
     net = UNETR(1, 14, img_size=96, feature_size=48, qkv_bias=True)
@@ -134,7 +137,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         ) from e
     except (RuntimeError, EOFError, KeyError, ValueError) as e:
         raise ValueError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or not written by torch.save): {e}"
+            f"{path} is not a readable PyTorch checkpoint (truncated or not written by torch.save): {e!r}"
         ) from e
     return _unwrap(state, str(path))
 
@@ -151,15 +154,16 @@ def to_vit_state_dict(state: Mapping) -> tuple[dict[str, torch.Tensor], torch.Te
 
 def _unwrap(state, name: str) -> dict[str, torch.Tensor]:
     """Descend into the single ``CONTAINER_KEYS`` entry until a non-empty dict of tensors is reached."""
-    while not (isinstance(state, Mapping) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
-        found = [k for k in CONTAINER_KEYS if isinstance(state, Mapping) and isinstance(state.get(k), Mapping)]
+    while isinstance(state, Mapping) and not (state and all(isinstance(v, torch.Tensor) for v in state.values())):
+        found = [k for k in CONTAINER_KEYS if isinstance(state.get(k), Mapping)]
         if len(found) != 1:
-            found_keys = list(state)[:8] if isinstance(state, Mapping) else type(state).__name__
             raise ValueError(
                 f"{name} is not a state dict of tensors and does not hold exactly one of {CONTAINER_KEYS}"
-                f" (found: {found_keys})."
+                f" (found: {list(state)[:8]})."
             )
         state = state[found[0]]
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{name} holds a {type(state).__name__}, not a state dict.")
     return dict(state)
 
 
@@ -182,9 +186,7 @@ def _from_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _convert(state: Mapping, name: str) -> _Converted:
-    state = _unwrap(state, name)
-    if all(k.startswith("module.") for k in state):  # DistributedDataParallel
-        state = _strip(state, "module.")
+    state = {k.removeprefix("module."): v for k, v in _unwrap(state, name).items()}  # DistributedDataParallel
     keys = list(state)
     grid = None
     if "position_grid" in state:
@@ -206,10 +208,7 @@ def _convert(state: Mapping, name: str) -> _Converted:
         fmt = "monai-vit"
     else:
         raise ValueError(f"{name}: unknown checkpoint layout; found keys such as {keys[:8]}.")
-    cls_token = state.pop("cls_token", None)
-    if len(state) < len(keys):
-        logger.debug("%s: %s format, %d non-encoder entries dropped.", name, fmt, len(keys) - len(state))
-    return _Converted(state, cls_token, fmt, grid)
+    return _Converted(state, state.pop("cls_token", None), fmt, grid)
 
 
 def _grid_of(num_tokens: int, grid: Sequence[int] | None, what: str) -> tuple[int, ...]:
@@ -224,12 +223,43 @@ def _grid_of(num_tokens: int, grid: Sequence[int] | None, what: str) -> tuple[in
     return tuple(int(g) for g in grid)
 
 
-def _interpolate_position_embeddings(pos: torch.Tensor, source: Sequence[int], target: Sequence[int]) -> torch.Tensor:
-    """``[1, prod(source), D]`` -> ``[1, prod(target), D]``, trilinear on the token grid (MONAI's h, w, d order)."""
+def _adapt_position_embeddings(
+    vit_state: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor], grid: Sequence[int] | None,
+    target_grid: Sequence[int] | None, name: str,
+) -> bool:
+    """Interpolate ``vit_state``'s position embeddings in place to the target grid; True when they were changed.
+
+    An unknown grid with the target's token count is taken to agree; a width mismatch is left for the shape check.
+    """
+    pos, target_pos = vit_state.get(POS_KEY), target.get(POS_KEY)
+    if pos is None or target_pos is None or pos.shape[-1] != target_pos.shape[-1]:
+        return False
+    grids_differ = grid is not None and target_grid is not None and tuple(grid) != tuple(target_grid)
+    if pos.shape[1] == target_pos.shape[1] and not grids_differ:
+        return False
+    source_grid = _grid_of(pos.shape[1], grid, name)
+    target_grid = _grid_of(target_pos.shape[1], target_grid, "target network")
     dim = pos.shape[-1]
-    grid = pos.float().reshape(1, *source, dim).permute(0, 4, 1, 2, 3)
-    grid = F.interpolate(grid, size=tuple(target), mode="trilinear", align_corners=False)
-    return grid.permute(0, 2, 3, 4, 1).reshape(1, -1, dim).to(pos.dtype).contiguous()
+    volume = pos.float().reshape(1, *source_grid, dim).permute(0, 4, 1, 2, 3)  # MONAI flattens tokens in h, w, d order
+    volume = F.interpolate(volume, size=target_grid, mode="trilinear", align_corners=False)
+    vit_state[POS_KEY] = volume.permute(0, 2, 3, 4, 1).reshape(1, -1, dim).to(pos.dtype).contiguous()
+    logger.info("%s: position embeddings interpolated from grid %s to %s.", name, source_grid, target_grid)
+    return True
+
+
+def _repeat_input_channels(vit_state: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor], name: str) -> int:
+    """Repeat the patch-embedding conv weight in place over its input channels to the target's; returns the factor."""
+    weight, target_weight = vit_state.get(PATCH_KEY), target.get(PATCH_KEY)
+    if weight is None or target_weight is None or weight.ndim != target_weight.ndim:
+        return 1
+    source, wanted = list(weight.shape), list(target_weight.shape)
+    if source[1] == wanted[1] or source[:1] + source[2:] != wanted[:1] + wanted[2:]:  # same, or a width mismatch
+        return 1
+    if wanted[1] % source[1]:
+        raise ValueError(f"{name}: the target's {wanted[1]} input channels are not a multiple of {source[1]}.")
+    factor = wanted[1] // source[1]
+    vit_state[PATCH_KEY] = weight.repeat(1, factor, *[1] * (weight.ndim - 2))
+    return factor
 
 
 def _names(keys: Sequence[str], limit: int = 8) -> str:
@@ -264,38 +294,14 @@ def load_encoder(
     name = str(checkpoint) if is_path else "state dict"
     converted = _convert(load_state_dict_file(checkpoint) if is_path else checkpoint, name)
     vit_state = dict(converted.vit_state)
-    target_grid = target_grid or getattr(vit_module, "feat_size", None)
     vit = getattr(vit_module, "vit", vit_module)
     target = vit.state_dict()
     if converted.cls_token is not None and "cls_token" in target:
         vit_state["cls_token"] = converted.cls_token
 
-    interpolated = False
-    pos, target_pos = vit_state.get(POS_KEY), target.get(POS_KEY)
-    if pos is not None and target_pos is not None and pos.shape[-1] == target_pos.shape[-1]:
-        target_grid = target_grid or getattr(vit, "grid_size", None)
-        grids_differ = converted.grid is not None and target_grid is not None and converted.grid != tuple(target_grid)
-        if pos.shape[1] != target_pos.shape[1] or grids_differ:  # an unknown grid with the same N is taken to agree
-            source_grid = _grid_of(pos.shape[1], converted.grid, name)
-            target_grid = _grid_of(target_pos.shape[1], target_grid, "target network")
-            vit_state[POS_KEY] = _interpolate_position_embeddings(pos, source_grid, target_grid)
-            interpolated = True
-            logger.info("%s: position embeddings interpolated from grid %s to %s.", name, source_grid, target_grid)
-
-    channels_repeated = 1
-    weight, target_weight = vit_state.get(PATCH_KEY), target.get(PATCH_KEY)
-    if (
-        weight is not None and target_weight is not None and weight.ndim == target_weight.ndim
-        and weight.shape[1] != target_weight.shape[1]
-        and (weight.shape[0], *weight.shape[2:]) == (target_weight.shape[0], *target_weight.shape[2:])
-    ):
-        if target_weight.shape[1] % weight.shape[1]:
-            raise ValueError(
-                f"{name}: the target has {target_weight.shape[1]} input channels, not a multiple of the "
-                f"checkpoint's {weight.shape[1]}."
-            )
-        channels_repeated = target_weight.shape[1] // weight.shape[1]
-        vit_state[PATCH_KEY] = weight.repeat(1, channels_repeated, *([1] * (weight.ndim - 2)))
+    target_grid = target_grid or getattr(vit_module, "feat_size", None) or getattr(vit, "grid_size", None)
+    interpolated = _adapt_position_embeddings(vit_state, target, converted.grid, target_grid, name)
+    channels_repeated = _repeat_input_channels(vit_state, target, name)
 
     loadable = {}
     for key, value in vit_state.items():

@@ -19,7 +19,6 @@ from custom_components.weights import (
 
 WIDTH = dict(hidden_size=48, mlp_dim=96, num_heads=4)
 POS = "patch_embedding.position_embeddings"
-PATCH = "patch_embedding.patch_embeddings.weight"
 TIMM_NAMES = {
     "patch_embedding.patch_embeddings.": "patch_embed.proj.", ".attn.out_proj.": ".attn.proj.",
     ".mlp.linear1.": ".mlp.fc1.", ".mlp.linear2.": ".mlp.fc2.",
@@ -68,7 +67,7 @@ def only_harmless(missing: list[str]) -> bool:
     return all(".norm_cross_attn." in k for k in missing)
 
 
-def test_encoder_pt_round_trip(tmp_path):
+def test_encoder_pt_round_trip(tmp_path, caplog):
     net = make_glmae()
     state = encoder_state_dict(SimpleNamespace(module=net))  # DDP-style wrapper
     assert state["position_grid"].dtype == torch.int64 and state["position_grid"].tolist() == [2, 2, 2]
@@ -76,7 +75,9 @@ def test_encoder_pt_round_trip(tmp_path):
     unetr = make_unetr()
     assert set(net.encoder.state_dict()) - {"cls_token"} <= set(unetr.vit.state_dict())
     save_state_dict(state, tmp_path / "encoder.pt")
-    report = load_encoder(unetr, tmp_path / "encoder.pt")
+    with caplog.at_level("INFO", logger="custom_components"):
+        report = load_encoder(unetr, tmp_path / "encoder.pt")
+    assert "Loaded 173/173 encoder tensors" in caplog.text
     assert report.source_format == "glmae-encoder" and not report.interpolated and report.channels_repeated == 1
     assert report.missing == [] and report.unexpected == []
     assert_loaded(unetr.vit, state, report, skip=())
@@ -89,8 +90,8 @@ def test_model_pt_and_checkpoint_saver(tmp_path):
     assert report.source_format == "glmae-model" and report.missing == [] and report.unexpected == []
 
     optimizer = torch.optim.AdamW(net.parameters())
-    torch.save({"model": net.state_dict(), "teacher": EMATeacher(net).state_dict(), "optimizer": optimizer.state_dict()},
-               tmp_path / "checkpoint.pt")
+    saved = {"model": net.state_dict(), "teacher": EMATeacher(net).state_dict(), "optimizer": optimizer.state_dict()}
+    torch.save(saved, tmp_path / "checkpoint.pt")
     unetr = make_unetr()
     report = load_encoder(unetr, tmp_path / "checkpoint.pt")
     assert report.source_format == "glmae-model" and report.missing == []
@@ -127,7 +128,7 @@ def test_official_glmae_release(tmp_path):
     unetr = make_unetr()
     report = load_encoder(unetr, tmp_path / "checkpoint-1599.pth")
     assert report.missing and only_harmless(report.missing) and report.unexpected == []
-    assert_loaded(unetr.vit, net.encoder.state_dict(), report, skip=[k for k in report.missing] + [POS])
+    assert_loaded(unetr.vit, net.encoder.state_dict(), report, skip=[*report.missing, POS])
     assert torch.equal(unetr.vit.state_dict()[POS], net.encoder.state_dict()[POS])
 
 
@@ -149,6 +150,16 @@ def test_monai_masked_autoencoder():
     assert "cls_token" in report.loaded and torch.equal(classifier.cls_token, mae.cls_token)
 
 
+def test_monai_vit_and_unetr_state_dicts():
+    torch.manual_seed(0)
+    source = randomized(make_unetr())
+    for state, fmt in ((source.state_dict(), "monai-unetr"), (source.vit.state_dict(), "monai-vit")):
+        unetr = make_unetr()
+        report = load_encoder(unetr, state)
+        assert report.source_format == fmt and report.missing == [] and report.unexpected == []
+        assert_loaded(unetr.vit, source.vit.state_dict(), report, skip=())
+
+
 @pytest.mark.parametrize("source_img, target_img", [(64, 96), ((64, 64, 32), (96, 96, 48))])
 def test_position_embedding_interpolation(tmp_path, source_img, target_img):
     net = make_glmae(img_size=source_img, num_layers=1)
@@ -161,7 +172,7 @@ def test_position_embedding_interpolation(tmp_path, source_img, target_img):
         size=target_grid, mode="trilinear",
     ).permute(0, 2, 3, 4, 1).reshape(1, -1, 48)
     loaded = unetr.vit.patch_embedding.position_embeddings
-    assert report.interpolated and loaded.shape == (1, 216 if target_img == 96 else 144, 48)
+    assert report.interpolated and loaded.shape == (1, 216 if target_img == 96 else 108, 48)
     torch.testing.assert_close(loaded.detach(), expected)
 
 
@@ -180,7 +191,7 @@ def test_channel_repeat():
 def test_width_mismatch_names_file_and_shapes(tmp_path):
     path = tmp_path / "wide.pt"
     save_state_dict(encoder_state_dict(make_glmae(num_layers=1, hidden_size=96)), path)
-    with pytest.raises(ValueError, match=r"wide\.pt.*\(96, 1, 16, 16, 16\).*\(48, 1, 16, 16, 16\)"):
+    with pytest.raises(ValueError, match=r"wide\.pt: \S+ has shape \(1, 8, 96\) in the checkpoint but \(1, 8, 48\)"):
         load_encoder(make_unetr(), path)
     with pytest.raises(ValueError, match=r"wide\.pt: no encoder key matched"):
         load_encoder(make_unetr(), path, strict_width=False)

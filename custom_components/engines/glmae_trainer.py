@@ -139,7 +139,7 @@ class GLMAETrainer(SupervisedTrainer):
             )
         (loss / acc).backward()
         total_steps = engine.state.epoch_length * engine.state.max_epochs // acc
-        momentum = cosine_momentum(engine.state.iteration // acc, total_steps, engine.ema_momentum,
+        momentum = cosine_momentum((engine.state.iteration - 1) // acc, total_steps, engine.ema_momentum,
                                    engine.ema_momentum_end)
         if step_in_cycle == acc - 1 or engine.state.iteration == engine.state.epoch_length * engine.state.max_epochs:
             if engine.clip_grad_norm:

@@ -1,0 +1,62 @@
+"""Write a decathlon-style datalist JSON for a folder of images and a folder of labels with the same file names.
+
+Example (from the repository root)::
+
+    python tools/make_datalist.py --images data/BTCV/imagesTr --labels data/BTCV/labelsTr \
+        --test-images data/BTCV/imagesTs --out data/BTCV/dataset_folds.json --num-folds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+try:
+    import custom_components  # noqa: F401
+except ImportError:  # run as `python tools/make_datalist.py` from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from custom_components.data import write_datalist_from_folder
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Write a MONAI decathlon-style datalist JSON from folders: images and labels are paired by "
+        "file name (any image without a label, or label without an image, is an error), sorted by name and "
+        "assigned to folds round-robin; paths are written relative to the JSON's folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--images", required=True, help="folder of training images")
+    parser.add_argument("--labels", default=None, help="folder of labels named like the images (omit: images only)")
+    parser.add_argument("--test-images", default=None, help="folder of unlabelled images for the 'testing' section")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--num-folds", type=int, default=5, help="cross-validation folds")
+    parser.add_argument("--pattern", default="*.nii.gz", help="glob pattern of the files in each folder")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        out = write_datalist_from_folder(
+            args.images,
+            args.labels,
+            out_file=args.out,
+            num_folds=args.num_folds,
+            test_images_dir=args.test_images,
+            pattern=args.pattern,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
+    content = json.loads(Path(out).read_text())
+    print(
+        f"wrote {out}: {content['numTraining']} training entries "
+        f"({'with' if args.labels else 'without'} labels, {args.num_folds} folds), "
+        f"{content.get('numTest', 0)} testing entries"
+    )
+
+
+if __name__ == "__main__":
+    main()
