@@ -208,7 +208,8 @@ def _convert(state: Mapping, name: str) -> _Converted:
         fmt = "monai-vit"
     else:
         raise ValueError(f"{name}: unknown checkpoint layout; found keys such as {keys[:8]}.")
-    return _Converted(state, state.pop("cls_token", None), fmt, grid)
+    cls_token = state.pop("cls_token", None)
+    return _Converted(state, cls_token, fmt, grid)
 
 
 def _grid_of(num_tokens: int, grid: Sequence[int] | None, what: str) -> tuple[int, ...]:

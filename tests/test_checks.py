@@ -12,7 +12,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from custom_components.data import write_synthetic_dataset, load_datalist
+from custom_components.data import load_datalist, write_synthetic_dataset
 from custom_components.transforms.checks import CheckImaged, CheckLabeld
 from custom_components.transforms.io import LoadImageWithContextd
 
@@ -73,7 +73,8 @@ def test_check_image_nonfinite():
     array = np.zeros((1, 8, 8, 8), np.float32)
     array[0, 1, 2, 3], array[0, 4, 4, 4], array[0, 7, 7, 7] = np.nan, np.inf, -np.inf
     data = {"image": _meta_tensor(array, "/data/bad.nii.gz")}
-    with pytest.raises(ValueError, match=r"image '/data/bad\.nii\.gz' \(key 'image'\) has 3 NaN/Inf voxels out of 512"):
+    match = r"image '/data/bad\.nii\.gz' \(key 'image'\) has 3 NaN/Inf voxel\(s\) out of 512\.$"
+    with pytest.raises(ValueError, match=match):
         CheckImaged("image")(data)
     assert CheckImaged("image", allow_nonfinite=True)(data)["image"] is data["image"]
 
@@ -105,7 +106,8 @@ def _pair(label: np.ndarray, label_affine=None, image_shape=(1, 8, 8, 8)) -> dic
 def test_check_label_values_outside_range():
     label = np.zeros((1, 8, 8, 8), np.float32)
     label[0, 0, 0, :3], label[0, 1, 1, :2] = 14, 255
-    with pytest.raises(ValueError, match=r"label '/data/lab_01\.nii\.gz' .* 5 voxels with values outside 0\.\.13: 14, 255"):
+    match = r"label '/data/lab_01\.nii\.gz' \(key 'label'\) has 5 voxel\(s\) with values outside 0\.\.13: 14, 255\.$"
+    with pytest.raises(ValueError, match=match):
         CheckLabeld(num_classes=14)(_pair(label))
 
 
@@ -118,7 +120,8 @@ def test_check_label_lists_at_most_ten_bad_values():
 def test_check_label_non_integer():
     label = np.zeros((1, 8, 8, 8), np.float32)
     label[0, 2, 2, 2], label[0, 3, 3, 3] = 0.5, 1.25
-    with pytest.raises(ValueError, match=r"label '/data/lab_01\.nii\.gz' .* 2 non-integer voxels, e\.g\. values 0\.5, 1\.25"):
+    match = r"label '/data/lab_01\.nii\.gz' \(key 'label'\) has 2 non-integer voxel\(s\), e\.g\. values 0\.5, 1\.25;"
+    with pytest.raises(ValueError, match=match):
         CheckLabeld(num_classes=14)(_pair(label))
 
 
@@ -133,7 +136,8 @@ def test_check_label_shape_mismatch():
 def test_check_label_affine_mismatch_and_tolerance():
     shifted = torch.eye(4, dtype=torch.float64)
     shifted[0, 3] = 2.5
-    with pytest.raises(ValueError, match=r"'/data/lab_01\.nii\.gz'.*'/data/img_01\.nii\.gz'.* differ in affine") as info:
+    match = r"label '/data/lab_01\.nii\.gz' .* and image '/data/img_01\.nii\.gz' .* differ in affine"
+    with pytest.raises(ValueError, match=match) as info:
         CheckLabeld()(_pair(np.zeros((1, 8, 8, 8), np.uint8), label_affine=shifted))
     assert "2.5" in str(info.value) and "label affine" in str(info.value) and "image affine" in str(info.value)
     nearly = torch.eye(4, dtype=torch.float64)
@@ -148,7 +152,8 @@ def test_check_label_on_real_files_with_a_wrong_class(case, tmp_path):
     bad = tmp_path / "bad_label.nii.gz"
     nib.save(nib.Nifti1Image(values, label.affine), bad)
     data = _load()({"image": case["image"], "label": str(bad)})
-    with pytest.raises(ValueError, match=r"label '.*bad_label\.nii\.gz' \(key 'label'\) has 1 voxels with values outside 0\.\.13: 20"):
+    match = r"label '.*bad_label\.nii\.gz' \(key 'label'\) has 1 voxel\(s\) with values outside 0\.\.13: 20\.$"
+    with pytest.raises(ValueError, match=match):
         CheckLabeld(num_classes=14)(data)
 
 
@@ -179,7 +184,8 @@ def test_monai_load_error_for_a_truncated_file_lacks_the_file_name(case, tmp_pat
 
 def test_load_image_with_context_names_truncated_file(case, tmp_path):
     truncated = _truncated_copy(case["image"], tmp_path)
-    with pytest.raises(ValueError, match=r"cannot read image '.*truncated\.nii\.gz': EOFError: Compressed file ended") as info:
+    match = r"cannot read image '.*truncated\.nii\.gz': EOFError: Compressed file ended"
+    with pytest.raises(ValueError, match=match) as info:
         LoadImageWithContextd("image")({"image": str(truncated)})
     assert isinstance(info.value.__cause__, EOFError)
 

@@ -203,9 +203,9 @@ def test_load_datalist_section_as_is_with_absolute_paths(folded):
         "image": str(folded.parent / "imagesTr" / "c2.nii.gz"), "label": str(folded.parent / "labelsTr" / "c2.nii.gz"),
         "fold": 2,
     }  # fmt: skip
-    assert load_datalist(folded, "testing") == [
-        {"image": str(folded.parent / "imagesTs" / "t0.nii.gz")}, {"image": str(folded.parent / "imagesTs" / "t1.nii.gz")}
-    ]  # fmt: skip
+    test_dir = folded.parent / "imagesTs"
+    expected = [{"image": str(test_dir / "t0.nii.gz")}, {"image": str(test_dir / "t1.nii.gz")}]
+    assert load_datalist(folded, "testing") == expected
 
 
 def test_load_datalist_fold_split_and_num_labelled(folded):
@@ -287,7 +287,8 @@ def test_load_datalist_required_label_key(folded, tmp_path):
 
 def test_load_datalist_missing_path(folded):
     (folded.parent / "labelsTr" / "c3.nii.gz").unlink()
-    with pytest.raises(FileNotFoundError, match=r"entry 3 of section 'training': 'label' file '.*labelsTr/c3\.nii\.gz'"):
+    match = r"'.*dataset\.json': entry 3 of section 'training': 'label' file '.*labelsTr/c3\.nii\.gz' does not exist"
+    with pytest.raises(FileNotFoundError, match=match):
         load_datalist(folded)
     assert len(load_datalist(folded, check_files=False)) == 6
     assert len(load_datalist(folded, "validation", fold=1)) == 2  # c3 is in fold 0: only returned entries are checked
@@ -354,14 +355,16 @@ def test_write_datalist_from_folder_pairs_and_folds(tmp_path):
 
 def test_write_datalist_from_folder_images_only(tmp_path):
     images, _ = _image_folders(tmp_path, ["a.nii.gz", "b.nii.gz"], [])
-    content = json.loads(Path(write_datalist_from_folder(images, out_file=tmp_path / "d.json", num_folds=1)).read_text())
+    out = write_datalist_from_folder(images, out_file=tmp_path / "d.json", num_folds=1)
+    content = json.loads(Path(out).read_text())
     assert content["training"] == [{"image": "img/a.nii.gz", "fold": 0}, {"image": "img/b.nii.gz", "fold": 0}]
     assert "testing" not in content
 
 
 def test_write_datalist_from_folder_errors(tmp_path):
     images, labels = _image_folders(tmp_path, ["a.nii.gz", "b.nii.gz"], ["b.nii.gz", "c.nii.gz"])
-    with pytest.raises(ValueError, match=r"images without a label in '.*lab': a\.nii\.gz; labels without an image .*c\.nii"):
+    match = r"images without a label in '.*lab': a\.nii\.gz; labels without an image in '.*img': c\.nii\.gz"
+    with pytest.raises(ValueError, match=match):
         write_datalist_from_folder(images, labels, out_file=tmp_path / "d.json", num_folds=2)
     with pytest.raises(FileNotFoundError, match=r"images folder '.*nope' does not exist"):
         write_datalist_from_folder(tmp_path / "nope", out_file=tmp_path / "d.json")
@@ -382,7 +385,9 @@ def _run_tool(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("tool, phrase", [("make_synthetic_data.py", "synthetic CT-like"), ("make_datalist.py", "paired")])
+@pytest.mark.parametrize(
+    "tool, phrase", [("make_synthetic_data.py", "synthetic CT-like"), ("make_datalist.py", "paired by file name")]
+)
 def test_tools_help(tool, phrase):
     result = _run_tool(f"tools/{tool}", "--help")
     assert result.returncode == 0, result.stderr

@@ -1,5 +1,6 @@
+from custom_components.handlers.checkpoint import TrainingCheckpointSaver
 from custom_components.handlers.export import EncoderExport
 from custom_components.handlers.preview import ReconstructionPreview
 from custom_components.handlers.progress import ProgressBarHandler
 
-__all__ = ["EncoderExport", "ProgressBarHandler", "ReconstructionPreview"]
+__all__ = ["EncoderExport", "ProgressBarHandler", "ReconstructionPreview", "TrainingCheckpointSaver"]

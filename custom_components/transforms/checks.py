@@ -1,4 +1,4 @@
-"""Input checks placed right after ``LoadImaged`` + ``EnsureChannelFirstd``: bad inputs stop with an error naming the file.
+"""Input checks run right after ``LoadImaged`` + ``EnsureChannelFirstd``: bad inputs stop with an error naming the file.
 
 MONAI's later transforms fail far from the cause (a 2D image breaks ``Spacingd``, a label value of 255 breaks the
 one-hot in the loss, a NaN silently poisons training); these checks say which file is wrong and why.
@@ -83,7 +83,7 @@ class CheckImaged(MapTransform):
                 num_bad = int((~torch.isfinite(image)).sum())
                 if num_bad:
                     raise ValueError(
-                        f"image '{name}' (key '{key}') has {num_bad} NaN/Inf voxels out of {image.numel()}."
+                        f"image '{name}' (key '{key}') has {num_bad} NaN/Inf voxel(s) out of {image.numel()}."
                     )
         return d
 
@@ -153,14 +153,14 @@ class CheckLabeld(MapTransform):
             if non_integer.any():
                 found = _listed(torch.unique(label[non_integer]))
                 raise ValueError(
-                    f"{what} has {int(non_integer.sum())} non-integer voxels, e.g. values {found}; expected classes "
+                    f"{what} has {int(non_integer.sum())} non-integer voxel(s), e.g. values {found}; expected classes "
                     f"0..{self.num_classes - 1}."
                 )
         outside = (label < 0) | (label > self.num_classes - 1)
         if outside.any():
             found = _listed(torch.unique(label[outside]))
             raise ValueError(
-                f"{what} has {int(outside.sum())} voxels with values outside 0..{self.num_classes - 1}: {found}."
+                f"{what} has {int(outside.sum())} voxel(s) with values outside 0..{self.num_classes - 1}: {found}."
             )
 
 
