@@ -27,9 +27,16 @@ def _slices(volume: np.ndarray) -> list[np.ndarray]:
     return [np.rot90(volume[:, :, d // 2]), np.rot90(volume[:, w // 2, :]), np.rot90(volume[h // 2, :, :])]
 
 
-def _to_uint8(image: np.ndarray, size: int) -> Image.Image:
-    pixels = (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
-    scale = max(1, size // max(pixels.shape))
+MASK_RGB = (40, 80, 170)
+GAP = 4
+
+
+def _to_rgb(image: np.ndarray, size: int) -> Image.Image:
+    """Grey levels of a [0, 1] slice, NaN (masked patches) in blue, scaled up by an integer factor to ~``size``."""
+    grey = (np.clip(np.nan_to_num(image), 0.0, 1.0) * 255).astype(np.uint8)
+    pixels = np.repeat(grey[..., None], 3, axis=-1)
+    pixels[np.isnan(image)] = MASK_RGB
+    scale = max(1, size // max(pixels.shape[:2]))
     return Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST)
 
 
@@ -83,28 +90,28 @@ class ReconstructionPreview:
         target = patchify(x, patch)
         if self.norm_pix_loss:
             pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
-        masked_in = target * (1 - mask[..., None]) + 0.5 * mask[..., None]
+        masked_in = target.masked_fill(mask[..., None].bool(), float("nan"))
         pasted = target * (1 - mask[..., None]) + pred * mask[..., None]
         channels = x.shape[1]
         volumes = [x] + [unpatchify(p, patch, grid, channels) for p in (masked_in, pred, pasted)]
         return [v[0, 0].cpu().numpy() for v in volumes]
 
     def render(self, views: dict[str, torch.Tensor]) -> Image.Image:
-        """One panel per view kind, side by side, labelled."""
+        """One labelled panel per view kind, side by side; masked patches are blue."""
         panels = []
         for kind, view in views.items():
-            rows = [[_to_uint8(s, self.size) for s in _slices(vol)] for vol in self.reconstruct(view)]
-            tile_w = max(t.width for row in rows for t in row)
-            tile_h = max(t.height for row in rows for t in row)
-            panel = Image.new("L", (3 * tile_w + 110, 4 * tile_h + 20), color=0)
+            rows = [[_to_rgb(s, self.size) for s in _slices(vol)] for vol in self.reconstruct(view)]
+            tile_w = max(t.width for row in rows for t in row) + GAP
+            tile_h = max(t.height for row in rows for t in row) + GAP
+            panel = Image.new("RGB", (3 * tile_w + 110, 4 * tile_h + 24), color=0)
             draw = ImageDraw.Draw(panel)
-            draw.text((110, 4), f"{kind} view {tuple(view.shape[1:])}", fill=255)
+            draw.text((110, 6), f"{kind} view {tuple(view.shape[1:])}: axial / coronal / sagittal", fill="white")
             for r, (label, row) in enumerate(zip(ROWS, rows)):
-                draw.text((4, 20 + r * tile_h + tile_h // 2), label, fill=255)
+                draw.text((4, 24 + r * tile_h + tile_h // 2), label, fill="white")
                 for c, tile in enumerate(row):
-                    panel.paste(tile, (110 + c * tile_w, 20 + r * tile_h))
+                    panel.paste(tile, (110 + c * tile_w, 24 + r * tile_h))
             panels.append(panel)
-        canvas = Image.new("L", (sum(p.width for p in panels), max(p.height for p in panels)), color=0)
+        canvas = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels)), color=0)
         x = 0
         for p in panels:
             canvas.paste(p, (x, 0))

@@ -1,0 +1,101 @@
+"""The pre-training bundle end to end on synthetic data, and its errors on bad inputs."""
+
+import glob
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_utils import error_chain, make_workflow, run_workflow
+from monai.networks.nets import UNETR
+
+from custom_components.data import write_synthetic_dataset
+from custom_components.weights import load_encoder
+
+BUNDLE = "glmae_pretraining"
+TINY = {"hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "decoder_hidden_size": 48, "decoder_num_layers": 1,
+        "head_out_dim": 64, "head_hidden_dim": 64, "head_bottleneck_dim": 16}
+
+
+def tiny_workflow(tmp_path, **override):
+    args = dict(dataset_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"),
+                output_dir=str(tmp_path / "runs"), num_volumes=3, volume_shape=[64, 64, 48], max_epochs=2,
+                checkpoint_interval=1, preview_interval=1, log_interval=1) | TINY | override
+    return make_workflow(BUNDLE, ["train.json", "quickstart.json"], **args)
+
+
+def test_pretraining_runs_two_epochs_and_writes_outputs(tmp_path):
+    workflow = run_workflow(tiny_workflow(tmp_path))
+    models = tmp_path / "models"
+    model = torch.load(models / "model.pt", weights_only=True)
+    assert "encoder.cls_token" in model and any(k.startswith("decoder.") for k in model)
+    # encoder.pt loads into a UNETR of the same size with every encoder tensor
+    unetr = UNETR(1, 14, (64, 64, 64), hidden_size=48, mlp_dim=96, num_heads=4, qkv_bias=True)
+    report = load_encoder(unetr, str(models / "encoder.pt"))
+    assert not report.unexpected and all("norm_cross_attn" in k for k in report.missing)
+    assert torch.equal(unetr.vit.blocks[3].attn.qkv.weight, model["encoder.blocks.3.attn.qkv.weight"])
+    checkpoint = torch.load(glob.glob(str(models / "checkpoint_*epoch=2.pt"))[0], weights_only=True)
+    assert {"model", "teacher", "loss", "optimizer", "lr_scheduler", "trainer"} <= set(checkpoint)
+    assert checkpoint["trainer"]["iteration"] == 4  # 3 volumes, batch 2, 2 epochs
+    assert sorted(os.listdir(tmp_path / "runs" / "previews")) == ["preview_epoch_0001.png", "preview_epoch_0002.png"]
+    assert glob.glob(str(tmp_path / "runs" / "events.out.tfevents.*"))
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert np.isfinite(trainer.state.output["loss"]) and trainer.state.output["loss_g2l"] > 0
+
+
+def test_default_config_is_the_paper_configuration():
+    workflow = make_workflow(BUNDLE, ["train.json"])
+    get = workflow.parser.get
+    assert (get("global_size"), get("local_size"), get("num_global_views"), get("num_local_views")) == \
+        ([160] * 3, [96] * 3, 2, 4)
+    assert (get("hidden_size"), get("num_layers"), get("num_heads"), get("mlp_dim"), get("mask_ratio")) == \
+        (768, 12, 12, 3072, 0.75)
+    assert (get("decoder_hidden_size"), get("decoder_num_layers"), get("decoder_num_heads")) == (512, 8, 16)
+    assert (get("max_epochs"), get("ema_momentum"), get("consistency"), get("head_out_dim")) == \
+        (1600, 0.996, "dino", 65536)
+
+
+def write_datalist(tmp_path, entries):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"training": entries}))
+    return str(path)
+
+
+def run_on_datalist(tmp_path, datalist):
+    workflow = tiny_workflow(tmp_path, datalist=datalist, max_epochs=1)
+    workflow.initialize()
+    workflow.run()
+
+
+def test_missing_image_names_the_file(tmp_path):
+    datalist = write_datalist(tmp_path, [{"image": "nowhere/ghost.nii.gz"}])
+    with pytest.raises(Exception) as info:
+        run_on_datalist(tmp_path, datalist)
+    assert "ghost.nii.gz" in error_chain(info.value) and "bad.json" in error_chain(info.value)
+
+
+def test_empty_datalist_is_an_error(tmp_path):
+    with pytest.raises(Exception) as info:
+        run_on_datalist(tmp_path, write_datalist(tmp_path, []))
+    assert "empty" in error_chain(info.value) and "bad.json" in error_chain(info.value)
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    root = write_synthetic_dataset(tmp_path / "src", num_volumes=2, shape=(32, 32, 32), labelled=False,
+                                   num_folds=1, num_test=0)
+    image = os.path.join(os.path.dirname(root), json.load(open(root))["training"][0]["image"])
+    data = open(image, "rb").read()
+    open(image, "wb").write(data[: len(data) // 2])
+    with pytest.raises(Exception) as info:
+        run_on_datalist(tmp_path, root)
+    assert os.path.basename(image) in error_chain(info.value) and "cannot read image" in error_chain(info.value)
+
+
+def test_2d_image_names_the_file_and_the_shape(tmp_path):
+    path = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((64, 64), np.int16), np.eye(4)), str(path))
+    with pytest.raises(Exception) as info:
+        run_on_datalist(tmp_path, write_datalist(tmp_path, [{"image": str(path)}]))
+    assert "flat.nii.gz" in error_chain(info.value) and "2 spatial dims" in error_chain(info.value)
