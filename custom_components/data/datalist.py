@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PATH_KEYS", "load_datalist", "training_entries", "write_datalist_from_folder", "write_decathlon_json"]
+__all__ = [
+    "PATH_KEYS",
+    "inference_datalist",
+    "load_datalist",
+    "training_entries",
+    "write_datalist_from_folder",
+    "write_decathlon_json",
+]
 
 logger = logging.getLogger("custom_components")
 
@@ -95,6 +102,37 @@ def load_datalist(
         for index in selected:
             _check_paths_exist(entries[index], index, source, keys, path)
     return [entries[index] for index in selected]
+
+
+def inference_datalist(
+    datalist: str | os.PathLike | None = None,
+    dataset_dir: str | os.PathLike | None = None,
+    section: str = "testing",
+    pattern: str = "*.nii.gz",
+) -> list[dict[str, str]]:
+    """The images to run inference on: a datalist section, or every matching file of a folder.
+
+    Args:
+        datalist: a decathlon-style JSON datalist; when given, ``dataset_dir`` is not used and the entries of
+            ``section`` are read with :func:`load_datalist` (``keys=("image",)``, files checked).
+        dataset_dir: folder whose files matching ``pattern`` (sorted by name) are the images, when ``datalist``
+            is None.
+        section: datalist section to read, e.g. ``"testing"`` or ``"validation"``.
+        pattern: glob pattern of the image files in ``dataset_dir``.
+
+    Returns:
+        entries ``{"image": absolute path, ...}`` (datalist entries keep their other fields).
+
+    Raises:
+        ValueError: both ``datalist`` and ``dataset_dir`` are None, or ``dataset_dir`` has no file matching
+            ``pattern``; and the errors of :func:`load_datalist`.
+        FileNotFoundError: ``dataset_dir`` does not exist.
+    """
+    if datalist is not None:
+        return load_datalist(datalist, section, keys=("image",))
+    if dataset_dir is None:
+        raise ValueError("inference_datalist needs a datalist file or a dataset_dir of images, got neither.")
+    return [{"image": str(f)} for f in _list_files(dataset_dir, pattern, "dataset")]
 
 
 def write_datalist_from_folder(

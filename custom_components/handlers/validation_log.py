@@ -1,0 +1,218 @@
+"""Validation history files: a CSV of every validation's metrics, the best one as JSON, and a PNG curve.
+
+MONAI's ``StatsHandler``/``TensorBoardStatsHandler`` log metrics to the console or TensorBoard and
+``CheckpointSaver`` keeps the best model, but no handler leaves a plain record of the run in the bundle's
+folder; this one does, with PIL for the plot (no matplotlib dependency).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+from PIL import Image, ImageDraw
+
+__all__ = ["ValidationLog", "plot_curve"]
+
+logger = logging.getLogger("custom_components")
+
+CSV_FILE, BEST_FILE, PLOT_FILE = "val_metrics.csv", "best_metric.json", "val_curve.png"
+PLOT_SIZE = (640, 400)
+MARGINS = (70, 36, 20, 44)  # left, top, right, bottom: room for tick labels, title and axis label
+
+
+class ValidationLog:
+    """Record every validation of a MONAI evaluator in ``output_dir``:
+
+    - ``val_metrics.csv``: one row ``epoch,<metric>,...`` per validation with every scalar of
+      ``engine.state.metrics`` (columns in order of first appearance, empty where a metric is missing);
+    - ``best_metric.json``: ``{"<key_metric_name>": best value, "epoch": its epoch, "last": {metrics of this
+      validation}, "history_file": "val_metrics.csv"}``, best being the maximum over this run's validations
+      (NaN values are skipped and written as ``null``);
+    - ``val_curve.png`` when ``plot``: the key metric against the epoch, best point marked (see :func:`plot_curve`).
+
+    The files are rewritten whole after each validation, atomically (temp file + ``os.replace``), so a reader never
+    sees a partial file; the history is that of this handler's run. Attach it to the evaluator, e.g. in a bundle's
+    ``validate#handlers``; MONAI's ``ValidationHandler`` runs the evaluator with ``state.epoch`` set to the
+    trainer's epoch. Under ``torch.distributed`` only rank 0 writes.
+
+    Args:
+        output_dir: folder of the three files (created when needed).
+        key_metric_name: name of the metric in ``engine.state.metrics`` whose maximum is the best validation.
+        plot: also draw ``val_curve.png``.
+
+    Raises:
+        ValueError: at a validation whose ``engine.state.metrics`` has no scalar ``key_metric_name``.
+
+    Example::
+
+        {"_target_": "custom_components.handlers.validation_log.ValidationLog", "output_dir": "@output_dir"}
+    """
+
+    def __init__(
+        self, output_dir: str | os.PathLike, key_metric_name: str = "val_mean_dice", plot: bool = True
+    ) -> None:
+        if not key_metric_name:
+            raise ValueError("key_metric_name must be a non-empty metric name.")
+        self.output_dir = Path(output_dir)
+        self.key_metric_name = key_metric_name
+        self.plot = plot
+        self.rows: list[dict[str, float]] = []  # one per validation: "epoch" and the metrics
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return
+        scalars = {name: _scalar(value) for name, value in engine.state.metrics.items()}
+        metrics = {name: value for name, value in scalars.items() if value is not None}
+        if self.key_metric_name not in metrics:
+            raise ValueError(
+                f"ValidationLog: key_metric_name '{self.key_metric_name}' is not a scalar in engine.state.metrics "
+                f"(scalar metrics: {sorted(metrics)})."
+            )
+        epoch = engine.state.epoch
+        self.rows.append({"epoch": epoch, **metrics})
+        best = self.best_row()
+        _write_atomic(self.output_dir / CSV_FILE, self._csv().encode())
+        summary = {
+            self.key_metric_name: None if best is None else best[self.key_metric_name],
+            "epoch": None if best is None else best["epoch"],
+            "last": {name: _finite_or_none(value) for name, value in metrics.items()},
+            "history_file": CSV_FILE,
+        }
+        _write_atomic(self.output_dir / BEST_FILE, (json.dumps(summary, indent=2) + "\n").encode())
+        if self.plot:
+            epochs = [row["epoch"] for row in self.rows]
+            values = [row.get(self.key_metric_name, math.nan) for row in self.rows]
+            buffer = io.BytesIO()
+            plot_curve(epochs, values, title=f"{self.key_metric_name} per validation").save(buffer, format="PNG")
+            _write_atomic(self.output_dir / PLOT_FILE, buffer.getvalue())
+        best_text = "none yet" if best is None else f"{best[self.key_metric_name]:.4f} at epoch {best['epoch']}"
+        logger.info(f"epoch {epoch}: {self.key_metric_name} {metrics[self.key_metric_name]:.4f} (best {best_text})")
+
+    def best_row(self) -> dict[str, float] | None:
+        """The validation with the largest finite key metric so far (the first one on ties), or None."""
+        finite = [row for row in self.rows if math.isfinite(row.get(self.key_metric_name, math.nan))]
+        return max(finite, key=lambda row: row[self.key_metric_name], default=None)
+
+    def _csv(self) -> str:
+        columns = list(dict.fromkeys(name for row in self.rows for name in row))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        return text.getvalue()
+
+
+def plot_curve(epochs: list[int], values: list[float], title: str) -> Image.Image:
+    """Line plot of ``values`` against ``epochs`` with axes, ticks, a title and the maximum circled in red.
+
+    Non-finite values are left out of the line. Returns a ``PLOT_SIZE`` RGB picture.
+
+    Raises:
+        ValueError: ``epochs`` is empty or ``values`` has another length.
+    """
+    if not epochs or len(epochs) != len(values):
+        raise ValueError(f"plot_curve needs one value per epoch, got {len(epochs)} epochs and {len(values)} values.")
+    width, height = PLOT_SIZE
+    left, top, right, bottom = MARGINS
+    x1, y1 = width - right, height - bottom
+    points = [(e, v) for e, v in zip(epochs, values, strict=True) if math.isfinite(v)]
+    x_ticks = _ticks(min(epochs), max(epochs), max_ticks=8, integer=True)
+    y_ticks = _ticks(min((v for _, v in points), default=0.0), max((v for _, v in points), default=1.0), max_ticks=6)
+
+    def to_pixel(epoch: float, value: float) -> tuple[float, float]:
+        x = left + (epoch - x_ticks[0]) / (x_ticks[-1] - x_ticks[0]) * (x1 - left)
+        y = y1 - (value - y_ticks[0]) / (y_ticks[-1] - y_ticks[0]) * (y1 - top)
+        return x, y
+
+    canvas = Image.new("RGB", PLOT_SIZE, "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((width / 2, 10), title, fill="black", anchor="mt")
+    for epoch in x_ticks:
+        x, _ = to_pixel(epoch, y_ticks[0])
+        draw.line((x, y1, x, y1 + 5), fill="black")
+        draw.text((x, y1 + 8), f"{epoch:g}", fill="black", anchor="mt")
+    for value in y_ticks:
+        _, y = to_pixel(x_ticks[0], value)
+        draw.line((left, y, x1, y), fill=(225, 225, 225))
+        draw.line((left - 5, y, left, y), fill="black")
+        draw.text((left - 8, y), f"{value:.4g}", fill="black", anchor="rm")
+    draw.line((left, top, left, y1, x1, y1), fill="black")
+    draw.text(((left + x1) / 2, height - 6), "epoch", fill="black", anchor="mb")
+    pixels = [to_pixel(e, v) for e, v in points]
+    if len(pixels) > 1:
+        draw.line(pixels, fill=(31, 119, 180), width=2)
+    for x, y in pixels:
+        draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=(31, 119, 180))
+    if points:
+        best = max(range(len(points)), key=lambda i: points[i][1])
+        (x, y), (epoch, value) = pixels[best], points[best]
+        draw.ellipse((x - 6, y - 6, x + 6, y + 6), outline="red", width=2)
+        draw.text((x, y - 9), f"best {value:.4g} @ {epoch}", fill="red", anchor=_label_anchor(x, left, x1))
+    return canvas
+
+
+def _label_anchor(x: float, left: float, right: float) -> str:
+    """Anchor for the best point's label so that it stays inside the plot near its left and right edges."""
+    if x - left < 60:
+        return "lb"
+    return "rb" if right - x < 60 else "mb"
+
+
+def _ticks(low: float, high: float, max_ticks: int, integer: bool = False) -> list[float]:
+    """At most ``max_ticks`` + 1 evenly spaced round values (step 1, 2 or 5 x 10^k) covering ``[low, high]``."""
+    span = high - low
+    if span <= 0:
+        span = 2.0 if integer else max(abs(low) * 0.1, 0.01)
+        low, high = low - span / 2, high + span / 2
+    raw = span / max_ticks
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    if integer:
+        step = max(1.0, float(round(step)))
+    start, stop = math.floor(low / step), math.ceil(high / step)
+    return [i * step for i in range(start, stop + 1)]
+
+
+def _scalar(value: Any) -> float | None:
+    """``value`` as a float when it is one number (Python, numpy or a one-element tensor), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, (np.ndarray, np.generic)) and value.size == 1 and np.issubdtype(value.dtype, np.number):
+        return float(value.reshape(()))
+    return None
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _write_atomic(path: Path, content: bytes) -> None:
+    """Write ``content`` to a temp file in ``path``'s folder and move it onto ``path`` with ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

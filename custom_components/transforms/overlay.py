@@ -1,0 +1,186 @@
+"""PNG overlays of a segmentation on its image: a few axial slices through the labelled region, for a quick look.
+
+MONAI writes predictions as NIfTI (``SaveImaged``) and plots to TensorBoard, but has no per-case picture file that
+can be browsed without a viewer; this draws one with numpy and PIL only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import numpy as np
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import MapTransform
+from monai.utils import convert_to_numpy
+from PIL import Image, ImageDraw
+
+from custom_components.transforms.checks import UNKNOWN_FILE, source_file
+
+__all__ = ["PALETTE", "SaveOverlayd", "overlay_slices", "render_overlay"]
+
+logger = logging.getLogger("custom_components")
+
+#: RGB colour of classes 1, 2, ... (class 0, the background, is not coloured).
+PALETTE = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
+    (0, 0, 128), (255, 255, 255),
+)  # fmt: skip
+ALPHA = 0.45
+GAP = 4  # pixels between tiles
+HEADER = 14  # pixels above the tiles for the slice indices
+LEGEND_ROW = 14  # pixels per legend entry
+LEGEND_WIDTH = 48
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def overlay_slices(labels: np.ndarray, slices: int) -> list[int]:
+    """Axial (last-axis) indices of ``slices`` slices evenly spaced strictly inside the labelled region of
+    ``labels: [H, W, D]`` (first to last slice with any foreground), or ``slices`` times the middle slice
+    when nothing is labelled."""
+    labelled = np.flatnonzero(labels.any(axis=(0, 1)))
+    if labelled.size == 0:
+        return [labels.shape[2] // 2] * slices
+    positions = np.linspace(labelled[0], labelled[-1], slices + 2)[1:-1]
+    return np.rint(positions).astype(int).tolist()
+
+
+def render_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, slices: int = 3) -> Image.Image:
+    """Draw the slices chosen by :func:`overlay_slices` side by side, image in grey and class ``c`` blended in
+    ``PALETTE[c - 1]`` at ``ALPHA``, with the slice indices above and a legend of class ids on the right.
+
+    Each ``[H, W]`` slice is rotated by 90 degrees (``np.rot90``) into an ``H`` wide, ``W`` high tile; tile ``i``
+    starts at ``(i * (H + GAP), HEADER)``. The picture is ``slices * (H + GAP) + LEGEND_WIDTH`` wide and
+    ``HEADER + max(W, (num_classes - 1) * LEGEND_ROW + GAP)`` high.
+
+    Args:
+        image: ``[H, W, D]`` intensities in [0, 1] (values outside are clipped).
+        labels: ``[H, W, D]`` integer class map with values in ``[0, num_classes)``.
+        num_classes: number of classes including the background, 2..``len(PALETTE) + 1``.
+        slices: number of axial slices to show.
+
+    Raises:
+        ValueError: ``image`` and ``labels`` are not two ``[H, W, D]`` arrays of the same shape.
+    """
+    if image.ndim != 3 or image.shape != labels.shape:
+        raise ValueError(f"image and labels must both be [H, W, D], got {image.shape} and {labels.shape}.")
+    height, width, _ = image.shape
+    indices = overlay_slices(labels, slices)
+    palette = np.array(((0, 0, 0),) + PALETTE[: num_classes - 1], dtype=np.float32)
+    legend_height = (num_classes - 1) * LEGEND_ROW + GAP
+    canvas = Image.new("RGB", (slices * (height + GAP) + LEGEND_WIDTH, HEADER + max(width, legend_height)))
+    draw = ImageDraw.Draw(canvas)
+    for i, z in enumerate(indices):
+        grey = np.repeat(np.clip(np.rot90(image[:, :, z]), 0.0, 1.0)[..., None] * 255.0, 3, axis=-1)
+        tile_labels = np.rot90(labels[:, :, z])
+        alpha = np.where(tile_labels > 0, ALPHA, 0.0)[..., None]
+        rgb = (1.0 - alpha) * grey + alpha * palette[tile_labels]
+        x = i * (height + GAP)
+        canvas.paste(Image.fromarray(np.rint(rgb).astype(np.uint8)), (x, HEADER))
+        draw.text((x + 2, 1), f"z={z}", fill="white")
+    x = slices * (height + GAP)
+    for c in range(1, num_classes):
+        y = HEADER + (c - 1) * LEGEND_ROW
+        draw.rectangle((x, y + 2, x + 9, y + 11), fill=PALETTE[c - 1])
+        draw.text((x + 14, y + 1), str(c), fill="white")
+    return canvas
+
+
+class SaveOverlayd(MapTransform):
+    """Write ``<output_dir>/<case>_<output_postfix>.png``: a few axial slices of the image with the segmentation
+    of ``keys`` overlaid (see :func:`render_overlay`). The data are returned unchanged.
+
+    ``<case>`` is the file name of the image (its MetaTensor's ``filename_or_obj``, or that of
+    ``<image_key>_meta_dict``) without ``.nii.gz``/``.nii``; without one it is ``case_0000``, ``case_0001``, ...
+
+    Args:
+        keys: key of the segmentation, either a label map ``[1, H, W, D]`` or a one-hot/probability map
+            ``[num_classes, H, W, D]`` (argmax over the channels). One key.
+        image_key: key of the image, ``[1, H, W, D]`` intensities already scaled to [0, 1].
+        output_dir: folder of the PNG files (created when needed).
+        num_classes: number of classes including the background, 2..``len(PALETTE) + 1``.
+        output_postfix: appended to the case name.
+        slices: number of axial slices side by side.
+        allow_missing_keys: skip cases without the segmentation key.
+
+    Raises:
+        ValueError: on invalid arguments, when shapes are not as above or do not match, or label values are outside
+            ``[0, num_classes)``.
+
+    Example::
+
+        SaveOverlayd(keys="pred", image_key="image", output_dir="eval/overlays", num_classes=14)
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        image_key: str = "image",
+        output_dir: str = "./overlays",
+        num_classes: int = 2,
+        output_postfix: str = "overlay",
+        slices: int = 3,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"SaveOverlayd overlays one segmentation key, got keys {self.keys}.")
+        max_classes = len(PALETTE) + 1
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= max_classes:
+            raise ValueError(f"num_classes must be an int in 2..{max_classes}, got {num_classes!r}.")
+        if isinstance(slices, bool) or not isinstance(slices, int) or slices < 1:
+            raise ValueError(f"slices must be a positive int, got {slices!r}.")
+        self.image_key = image_key
+        self.output_dir = output_dir
+        self.num_classes = num_classes
+        self.output_postfix = output_postfix
+        self.slices = slices
+        self._unnamed = 0
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = self._image(d[self.image_key])
+            labels = self._labels(d[key], key, image.shape)
+            os.makedirs(self.output_dir, exist_ok=True)
+            path = os.path.join(self.output_dir, f"{self._case_name(d)}_{self.output_postfix}.png")
+            render_overlay(image, labels, self.num_classes, self.slices).save(path)
+            logger.debug(f"overlay written to {path}")
+        return d
+
+    def _image(self, image: NdarrayOrTensor) -> np.ndarray:
+        if image.ndim != 4 or image.shape[0] != 1:
+            raise ValueError(f"'{self.image_key}' must be [1, H, W, D], got shape {tuple(image.shape)}.")
+        return convert_to_numpy(image, dtype=np.float32)[0]
+
+    def _labels(self, pred: NdarrayOrTensor, key: Hashable, spatial: tuple[int, ...]) -> np.ndarray:
+        shape = tuple(pred.shape)
+        if pred.ndim != 4 or shape[1:] != spatial:
+            raise ValueError(f"'{key}' must be [C, H, W, D] with [H, W, D] = {spatial} of the image, got {shape}.")
+        if shape[0] not in (1, self.num_classes):
+            raise ValueError(
+                f"'{key}' must be a label map [1, H, W, D] or one channel per class [{self.num_classes}, H, W, D], "
+                f"got {shape[0]} channels."
+            )
+        values = convert_to_numpy(pred, dtype=np.float32)
+        labels = np.rint(values[0]).astype(np.int64) if shape[0] == 1 else values.argmax(axis=0)
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(
+                f"'{key}' has label values in [{labels.min()}, {labels.max()}], outside [0, {self.num_classes})."
+            )
+        return labels
+
+    def _case_name(self, data: Mapping[Hashable, Any]) -> str:
+        name = source_file(data, self.image_key)
+        if name == UNKNOWN_FILE:
+            name = f"case_{self._unnamed:04d}"
+            self._unnamed += 1
+        name = os.path.basename(name)
+        for suffix in NIFTI_SUFFIXES:
+            if name.endswith(suffix):
+                return name[: -len(suffix)]
+        return name

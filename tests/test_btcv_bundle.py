@@ -1,0 +1,157 @@
+"""The BTCV bundle: train (from scratch and from a GL-MAE encoder), evaluate and infer on synthetic data."""
+
+import csv
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_utils import error_chain, make_workflow, run_workflow
+
+from custom_components.data import write_synthetic_dataset
+from custom_components.networks import GLMAE
+from custom_components.weights import encoder_state_dict, save_state_dict
+
+BUNDLE = "glmae_btcv_segmentation"
+SIZES = {"hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "feature_size": 8, "roi_size": [32, 32, 32]}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("btcv_data")
+    return write_synthetic_dataset(root, num_volumes=4, shape=(48, 48, 32), num_folds=2, num_test=1, seed=3)
+
+
+def train_overrides(tmp_path, datalist, **extra):
+    return dict(datalist=datalist, dataset_dir=os.path.dirname(datalist), ckpt_dir=str(tmp_path / "models"),
+                output_dir=str(tmp_path / "runs"), max_epochs=2, val_interval=1, warmup_epochs=1, num_samples=1,
+                amp=False, num_workers=0, cache_rate=0.0, pixdim=[1.5, 1.5, 2.0], sw_batch_size=1) | SIZES | extra
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, dataset):
+    tmp_path = tmp_path_factory.mktemp("btcv_train")
+    run_workflow(make_workflow(BUNDLE, ["train.json"], **train_overrides(tmp_path, dataset)))
+    return tmp_path
+
+
+def test_training_saves_best_model_and_validation_log(trained):
+    assert (trained / "models" / "model.pt").exists()
+    state = torch.load(trained / "models" / "model.pt", weights_only=True)
+    assert "vit.blocks.0.attn.qkv.bias" in state
+    rows = list(csv.DictReader(open(trained / "runs" / "val_metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    best = json.load(open(trained / "runs" / "best_metric.json"))
+    assert 0.0 <= best["val_mean_dice"] <= 1.0 and best["epoch"] in (1, 2)
+    assert best["val_mean_dice"] == max(float(r["val_mean_dice"]) for r in rows)
+
+
+def test_finetune_starts_from_the_pretrained_encoder(tmp_path, dataset):
+    glmae = GLMAE(img_size=32, hidden_size=48, mlp_dim=96, num_layers=12, num_heads=4, decoder_hidden_size=48,
+                  decoder_num_layers=1, decoder_num_heads=4, head_out_dim=16, head_hidden_dim=32, head_bottleneck_dim=8)
+    encoder = tmp_path / "encoder.pt"
+    save_state_dict(encoder_state_dict(glmae), str(encoder))
+    workflow = make_workflow(BUNDLE, ["train.json"], **train_overrides(tmp_path, dataset, pretrained_encoder=str(encoder)))
+    workflow.initialize()
+    network = workflow.parser.get_parsed_content("network")
+    assert torch.equal(network.vit.blocks[5].attn.qkv.weight, glmae.encoder.blocks[5].attn.qkv.weight)
+    assert torch.equal(network.vit.patch_embedding.patch_embeddings.weight,
+                       glmae.encoder.patch_embedding.patch_embeddings.weight)
+    scratch = make_workflow(BUNDLE, ["train.json"], **train_overrides(tmp_path, dataset))
+    scratch.initialize()
+    assert not torch.equal(scratch.parser.get_parsed_content("network").vit.blocks[5].attn.qkv.weight,
+                           glmae.encoder.blocks[5].attn.qkv.weight)
+
+
+def test_encoder_of_another_width_is_a_clear_error(tmp_path, dataset):
+    glmae = GLMAE(img_size=32, hidden_size=96, mlp_dim=96, num_layers=1, num_heads=4, decoder_hidden_size=48,
+                  decoder_num_layers=1, decoder_num_heads=4, head_out_dim=16, head_hidden_dim=32, head_bottleneck_dim=8)
+    encoder = tmp_path / "wide_encoder.pt"
+    save_state_dict(encoder_state_dict(glmae), str(encoder))
+    workflow = make_workflow(BUNDLE, ["train.json"], **train_overrides(tmp_path, dataset, pretrained_encoder=str(encoder)))
+    workflow.initialize()
+    with pytest.raises(Exception) as info:
+        workflow.parser.get_parsed_content("network")
+    assert "wide_encoder.pt" in error_chain(info.value) and "96" in error_chain(info.value)
+
+
+def test_evaluate_writes_per_class_metrics_and_predictions(trained, dataset):
+    overrides = train_overrides(trained, dataset)
+    run_workflow(make_workflow(BUNDLE, ["train.json", "evaluate.json"], **overrides))
+    eval_dir = trained / "runs" / "eval"
+    raw = list(csv.reader(open(eval_dir / "val_mean_dice_raw.csv")))
+    assert len(raw[0]) >= 14 and len(raw) == 1 + 2  # header + the 2 validation cases of fold 0
+    for name in ("val_hd95_raw.csv", "val_nsd_raw.csv", "metrics.csv", "best_metric.json"):
+        assert (eval_dir / name).exists(), name
+    predictions = sorted(os.listdir(eval_dir / "predictions"))
+    assert len(predictions) == 2 and predictions[0].endswith("_seg.nii.gz")
+    validation = [e for e in json.load(open(dataset))["training"] if e["fold"] == 0]
+    source = nib.load(os.path.join(os.path.dirname(dataset), validation[0]["image"]))
+    pred = nib.load(eval_dir / "predictions" / predictions[0])
+    assert pred.shape == source.shape and np.allclose(pred.affine, source.affine, atol=1e-4)
+
+
+def test_inference_output_has_input_affine_shape_and_labels(trained, dataset, tmp_path):
+    out = tmp_path / "inference"
+    overrides = dict(datalist=dataset, checkpoint=str(trained / "models" / "model.pt"), output_dir=str(out),
+                     amp=False, num_workers=0, pixdim=[1.5, 1.5, 2.0], sw_batch_size=1) | SIZES
+    workflow = make_workflow(BUNDLE, ["inference.json"], workflow_type="infer", **overrides)
+    run_workflow(workflow)
+    test_image = json.load(open(dataset))["testing"][0]["image"]
+    source = nib.load(os.path.join(os.path.dirname(dataset), test_image))
+    name = os.path.basename(test_image).replace(".nii.gz", "")
+    pred = nib.load(out / f"{name}_seg.nii.gz")
+    assert pred.shape == source.shape and np.allclose(pred.affine, source.affine, atol=1e-4)
+    values = np.unique(np.asarray(pred.dataobj))
+    assert values.min() >= 0 and values.max() <= 13 and pred.get_data_dtype() == np.uint8
+    assert (out / "overlays" / f"{name}_overlay.png").exists()
+
+
+def write_case(folder, name, image, label, affine=None):
+    affine = np.diag([1.5, 1.5, 2.0, 1.0]) if affine is None else affine
+    image_path, label_path = folder / f"{name}_img.nii.gz", folder / f"{name}_lab.nii.gz"
+    nib.save(nib.Nifti1Image(image, affine), str(image_path))
+    if label is not None:
+        nib.save(nib.Nifti1Image(label, affine), str(label_path))
+    return {"image": str(image_path), "label": str(label_path)}
+
+
+def run_with_cases(tmp_path, cases, **extra):
+    datalist = tmp_path / "cases.json"
+    datalist.write_text(json.dumps({"training": cases, "validation": cases[:1]}))
+    workflow = make_workflow(BUNDLE, ["train.json"], **train_overrides(tmp_path, str(datalist), max_epochs=1, **extra))
+    workflow.initialize()
+    workflow.run()
+    return workflow
+
+
+def ct(shape=(40, 40, 24)):
+    return np.full(shape, 40, np.int16)
+
+
+def organ(shape=(40, 40, 24), value=1):
+    label = np.zeros(shape, np.uint8)
+    label[10:30, 10:30, 6:18] = value
+    return label
+
+
+@pytest.mark.parametrize("make_case,message", [
+    (lambda d: write_case(d, "a", ct(), organ(value=20)), "outside 0..13"),
+    (lambda d: write_case(d, "b", ct(), organ(shape=(40, 40, 20))), "shape"),
+    (lambda d: write_case(d, "c", ct((40, 40, 24, 2)), organ()), "spatial dims"),
+    (lambda d: write_case(d, "d", ct(), None), "_lab.nii.gz"),
+])
+def test_bad_cases_name_the_file_and_the_problem(tmp_path, make_case, message):
+    case = make_case(tmp_path)
+    with pytest.raises(Exception) as info:
+        run_with_cases(tmp_path, [case])
+    chain = error_chain(info.value)
+    assert message in chain and os.path.basename(case["image"]).split("_")[0] in chain
+
+
+def test_image_smaller_than_the_crop_is_padded(tmp_path):
+    case = write_case(tmp_path, "small", ct((16, 16, 8)), organ((16, 16, 8)) * 0 + 1)
+    workflow = run_with_cases(tmp_path, [case])
+    assert workflow.parser.get_parsed_content("train#trainer").state.epoch == 1
