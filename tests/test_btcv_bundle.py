@@ -140,7 +140,7 @@ def organ(shape=(40, 40, 24), value=1):
 @pytest.mark.parametrize("make_case,message", [
     (lambda d: write_case(d, "a", ct(), organ(value=20)), "outside 0..13"),
     (lambda d: write_case(d, "b", ct(), organ(shape=(40, 40, 20))), "shape"),
-    (lambda d: write_case(d, "c", ct((40, 40, 24, 2)), organ()), "spatial dims"),
+    (lambda d: write_case(d, "c", ct((40, 40, 24, 2)), organ()), "has 2 channels"),  # 4D: read as channels
     (lambda d: write_case(d, "d", ct(), None), "_lab.nii.gz"),
 ])
 def test_bad_cases_name_the_file_and_the_problem(tmp_path, make_case, message):

@@ -220,7 +220,7 @@ def _organ_layout(num_organs: int, centre: np.ndarray, semi_axes: np.ndarray, rn
     for k in range(num_organs):
         index = np.array([k % 3, (k // 3) % 2, k // 6])
         organ_centre = lower + (index + 0.5 + rng.uniform(-0.12, 0.12, 3)) * cell
-        yield organ_centre, rng.uniform(0.30, 0.45, 3) * cell, _rotation(rng.uniform(-0.4, 0.4, 3))
+        yield organ_centre, rng.uniform(0.38, 0.48, 3) * cell, _rotation(rng.uniform(-0.4, 0.4, 3))
 
 
 def _rotation(angles: np.ndarray) -> np.ndarray:
