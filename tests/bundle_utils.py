@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 from monai.bundle import ConfigWorkflow
 
@@ -35,6 +38,19 @@ def run_workflow(workflow: ConfigWorkflow) -> ConfigWorkflow:
     workflow.run()
     workflow.finalize()
     return workflow
+
+
+def run_torchrun(bundle: str, configs: list[str], nproc: int = 2, timeout: int = 300, **override) -> None:
+    """``torchrun --standalone --nproc_per_node=nproc -m monai.bundle run`` in the bundle folder, on CPU (gloo)."""
+    config_arg = "[" + ",".join(f"'configs/{c}'" for c in configs) + "]"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
+               "monai.bundle", "run", "--config_file", config_arg]
+    for key, value in override.items():
+        command += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict)) else str(value)]
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, cwd=os.path.join(BUNDLES, bundle), env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 def error_chain(exc: BaseException) -> str:

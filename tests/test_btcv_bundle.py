@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_utils import error_chain, make_workflow, run_workflow
+from bundle_utils import error_chain, make_workflow, run_torchrun, run_workflow
 
 from custom_components.data import write_synthetic_dataset
 from custom_components.networks import GLMAE
@@ -159,22 +159,7 @@ def test_image_smaller_than_the_crop_is_padded(tmp_path):
 
 def test_multi_gpu_overlay_runs_under_torchrun_with_gloo(tmp_path, dataset):
     """Two CPU processes (gloo): each trains on its partition, validation metrics are gathered, rank 0 saves."""
-    import subprocess
-    import sys
-
-    from bundle_utils import BUNDLES
-    from conftest import REPO_ROOT
-
-    overrides = train_overrides(tmp_path, dataset, max_epochs=1)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-               "monai.bundle", "run", "--config_file",
-               "['configs/train.json','configs/multi_gpu_train.json']"]
-    for key, value in overrides.items():
-        command += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS="1")
-    result = subprocess.run(command, cwd=os.path.join(BUNDLES, BUNDLE), env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_torchrun(BUNDLE, ["train.json", "multi_gpu_train.json"], **train_overrides(tmp_path, dataset, max_epochs=1))
     assert (tmp_path / "models" / "model.pt").exists()
     rows = list(csv.DictReader(open(tmp_path / "runs" / "val_metrics.csv")))
     assert len(rows) == 1  # rank 0 alone writes

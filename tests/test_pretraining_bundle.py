@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_utils import error_chain, make_workflow, run_workflow
+from bundle_utils import error_chain, make_workflow, run_torchrun, run_workflow
 from monai.networks.nets import UNETR
 
 from custom_components.data import write_synthetic_dataset
@@ -99,3 +99,13 @@ def test_2d_image_names_the_file_and_the_shape(tmp_path):
     with pytest.raises(Exception) as info:
         run_on_datalist(tmp_path, write_datalist(tmp_path, [{"image": str(path)}]))
     assert "flat.nii.gz" in error_chain(info.value) and "2 spatial dims" in error_chain(info.value)
+
+
+def test_multi_gpu_overlay_runs_under_torchrun_with_gloo(tmp_path):
+    """Two CPU processes (gloo) pre-train one epoch; rank 0 alone writes the weights and previews."""
+    overrides = dict(dataset_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"),
+                     output_dir=str(tmp_path / "runs"), num_volumes=4, volume_shape=[64, 64, 48], max_epochs=1,
+                     checkpoint_interval=1, preview_interval=1, batch_size=1) | TINY
+    run_torchrun(BUNDLE, ["train.json", "quickstart.json", "multi_gpu_train.json"], **overrides)
+    assert (tmp_path / "models" / "encoder.pt").exists() and (tmp_path / "models" / "model.pt").exists()
+    assert os.listdir(tmp_path / "runs" / "previews") == ["preview_epoch_0001.png"]
