@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from bundle_utils import error_chain, make_workflow, run_torchrun, run_workflow
+from ignite.engine import Events
 from monai.networks.nets import UNETR
 
 from custom_components.data import write_synthetic_dataset
@@ -109,3 +110,21 @@ def test_multi_gpu_overlay_runs_under_torchrun_with_gloo(tmp_path):
     run_torchrun(BUNDLE, ["train.json", "quickstart.json", "multi_gpu_train.json"], **overrides)
     assert (tmp_path / "models" / "encoder.pt").exists() and (tmp_path / "models" / "model.pt").exists()
     assert os.listdir(tmp_path / "runs" / "previews") == ["preview_epoch_0001.png"]
+
+
+def test_same_seed_gives_the_same_first_losses(tmp_path):
+    def losses(folder):
+        workflow = tiny_workflow(folder, dataset_dir=str(tmp_path / "data"), max_epochs=2)
+        workflow.initialize()
+        trainer, history = workflow.parser.get_parsed_content("train#trainer"), []
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: history.append(dict(e.state.output)))
+        workflow.run()
+        return history
+
+    first, second = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert len(first) == 4 and first == second
+    different = tiny_workflow(tmp_path / "c", dataset_dir=str(tmp_path / "data"), max_epochs=1, seed=1)
+    different.initialize()
+    trainer = different.parser.get_parsed_content("train#trainer")
+    different.run()
+    assert trainer.state.output["loss"] != first[1]["loss"]

@@ -1,21 +1,136 @@
-"""A checkpoint saver that can resume the run: it saves the trainer it is attached to as well."""
+"""Resumable training checkpoints: save and load the trainer together with the objects it trains."""
 
 from __future__ import annotations
 
-from ignite.engine import Engine
-from monai.handlers import CheckpointSaver
+import glob
+import os
+import re
 
-__all__ = ["TrainingCheckpointSaver"]
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine
+from ignite.handlers import DiskSaver
+from ignite.handlers.checkpoint import BaseSaveHandler
+from monai.handlers import CheckpointLoader, CheckpointSaver, LrScheduleHandler, ValidationHandler
+
+from custom_components.handlers.seeding import SeedEachEpoch
+
+__all__ = [
+    "CPUSaveHandler", "TrainingCheckpointLoader", "TrainingCheckpointSaver", "handlers_for_rank", "latest_checkpoint",
+    "to_cpu",
+]
+
+
+def to_cpu(obj):
+    """``obj`` with every tensor in it (nested dicts, lists, tuples) moved to the CPU; other values unchanged."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return type(obj)((k, to_cpu(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+class CPUSaveHandler(BaseSaveHandler):
+    """Wraps an Ignite save handler so every tensor is moved to the CPU before it is written: checkpoints of a GPU
+    run load on a machine without one, with or without ``map_location``."""
+
+    def __init__(self, handler: BaseSaveHandler) -> None:
+        self.handler = handler
+
+    def __call__(self, checkpoint, filename: str, metadata=None) -> None:
+        self.handler(to_cpu(checkpoint), filename, metadata)
+
+    def remove(self, filename: str) -> None:
+        self.handler.remove(filename)
 
 
 class TrainingCheckpointSaver(CheckpointSaver):
-    """MONAI ``CheckpointSaver`` that adds the engine it is attached to under ``"trainer"`` (epoch, iteration).
+    """MONAI ``CheckpointSaver`` whose files hold CPU tensors, whose interval checkpoints are written atomically,
+    and which can save the trainer (epoch, iteration) it is attached to, so the run can resume.
 
     A bundle config cannot put ``@train#trainer`` into ``save_dict`` of a handler that the trainer itself is built
-    with (a circular reference), so the trainer joins the saved objects when the handler is attached.
-    Arguments are those of ``CheckpointSaver``.
+    with (a circular reference), so with ``save_trainer`` the trainer joins the saved objects when the handler is
+    attached. The interval checkpoints (the ones a run resumes from) go to a temporary file that is then renamed
+    (MONAI's saver writes in place), so a kill during a save leaves the previous checkpoint intact.
+
+    Args:
+        save_trainer: add the engine under ``"trainer"`` (True for resumable checkpoints, False for ``model.pt``).
+        other arguments: those of ``CheckpointSaver``.
     """
 
+    def __init__(self, *args, save_trainer: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.save_trainer = save_trainer
+        if self._interval_checkpoint is not None:
+            self._interval_checkpoint.save_handler = DiskSaver(self.save_dir, atomic=True, require_empty=False)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler = CPUSaveHandler(checkpoint.save_handler)
+
     def attach(self, engine: Engine) -> None:
-        self.save_dict["trainer"] = engine
+        if self.save_trainer:
+            self.save_dict["trainer"] = engine
         super().attach(engine)
+
+
+def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint") -> str | None:
+    """The ``{prefix}_*.pt`` file of ``ckpt_dir`` with the highest epoch/iteration number, or None if there is none."""
+    paths = glob.glob(os.path.join(ckpt_dir, f"{prefix}_*.pt"))
+
+    def step(path: str) -> tuple[int, float]:
+        numbers = re.findall(r"=(\d+)", os.path.basename(path))
+        return (int(numbers[-1]) if numbers else -1, os.path.getmtime(path))
+
+    return max(paths, key=step) if paths else None
+
+
+class TrainingCheckpointLoader(CheckpointLoader):
+    """Resume a run: load a :class:`TrainingCheckpointSaver` checkpoint into ``load_dict`` and into the trainer
+    it is attached to (which then continues from the saved iteration), when the trainer starts.
+
+    Args:
+        ckpt_dir: folder searched for the newest ``{prefix}_*.pt`` when ``load_path`` is None.
+        load_dict: the objects to restore (network, EMA teacher, loss state, optimizer, scheduler, ...).
+        load_path: a specific checkpoint instead of the newest one.
+        map_location: passed to ``torch.load`` (which runs with ``weights_only=True``).
+        prefix: checkpoint file prefix.
+
+    Raises:
+        FileNotFoundError: no checkpoint to resume from.
+        ValueError: the checkpoint cannot be read or does not hold plain tensors (the file is named).
+    """
+
+    def __init__(self, ckpt_dir: str | None, load_dict: dict, load_path: str | None = None,
+                 map_location=None, prefix: str = "checkpoint") -> None:
+        path = load_path or (latest_checkpoint(ckpt_dir, prefix) if ckpt_dir else None)
+        if path is None or not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"resume was requested but there is no checkpoint to resume from: "
+                f"{path or os.path.join(str(ckpt_dir), prefix + '_*.pt')} (set resume to false to start afresh)."
+            )
+        super().__init__(path, load_dict, map_location=map_location)
+
+    def attach(self, engine: Engine) -> None:
+        self.load_dict["trainer"] = engine
+        super().attach(engine)
+
+    def __call__(self, engine: Engine) -> None:
+        try:
+            super().__call__(engine)
+        except (RuntimeError, EOFError, OSError) as err:
+            raise ValueError(f"cannot resume from checkpoint '{self.load_path}': {type(err).__name__}: {err}") from err
+        self.logger.info(f"resumed from {self.load_path} at epoch {engine.state.epoch}, "
+                         f"iteration {engine.state.iteration}")
+
+
+#: Handlers that every rank must run under torch.distributed; the others (logging, saving, previews) run on rank 0.
+EVERY_RANK = (LrScheduleHandler, ValidationHandler, CheckpointLoader, SeedEachEpoch)
+
+
+def handlers_for_rank(handlers: list) -> list:
+    """All ``handlers`` on rank 0 (or without torch.distributed); on other ranks only those in ``EVERY_RANK``."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        return list(handlers)
+    return [h for h in handlers if isinstance(h, EVERY_RANK)]

@@ -86,6 +86,7 @@ def main() -> None:
         torch.save(net.state_dict(), os.path.join(args.out_dir, "student.pt"))
         torch.save(teacher.state_dict(), os.path.join(args.out_dir, "teacher.pt"))
         torch.save(loss.consistency.center, os.path.join(args.out_dir, "center.pt"))
+    dist.barrier()  # leave together: a rank exiting while the other still talks can abort the gloo backend
     dist.destroy_process_group()
 
 
