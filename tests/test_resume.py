@@ -74,33 +74,45 @@ def test_resume_from_a_corrupt_checkpoint_names_the_file(tmp_path):
     assert "cannot resume from checkpoint" in error_chain(info.value) and os.path.basename(path) in error_chain(info.value)
 
 
-def test_sigkill_mid_run_leaves_a_loadable_checkpoint_and_resume_finishes(tmp_path):
-    """Kill -9 a pre-training process while it trains (and saves every epoch), then resume to the end."""
-    args = {"dataset_dir": tmp_path / "data", "ckpt_dir": tmp_path / "models", "output_dir": tmp_path / "runs",
-            "num_volumes": 3, "volume_shape": "[64,64,48]", "hidden_size": 48, "mlp_dim": 96, "num_heads": 4,
-            "decoder_hidden_size": 48, "decoder_num_layers": 1, "head_out_dim": 64, "head_hidden_dim": 64,
-            "head_bottleneck_dim": 16, "checkpoint_interval": 1, "preview_interval": 100, "max_epochs": 40}
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-               "['configs/train.json','configs/quickstart.json']"]
-    for key, value in args.items():
-        command += [f"--{key}", str(value)]
+def test_sigkill_mid_run_then_resume_reaches_the_uninterrupted_weights(tmp_path):
+    """Kill -9 a pre-training process while it trains (saving every epoch), resume it, and compare its end with an
+    uninterrupted run of the same command."""
+    args = {"dataset_dir": tmp_path / "data", "num_volumes": 3, "volume_shape": "[64,64,48]", "hidden_size": 48,
+            "mlp_dim": 96, "num_heads": 4, "decoder_hidden_size": 48, "decoder_num_layers": 1, "head_out_dim": 64,
+            "head_hidden_dim": 64, "head_bottleneck_dim": 16, "checkpoint_interval": 1, "preview_interval": 100,
+            "max_epochs": 12}
     cwd, env = os.path.join(BUNDLES, "glmae_pretraining"), dict(os.environ, PYTHONPATH=REPO_ROOT)
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def command(run, **extra):
+        words = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                 "['configs/train.json','configs/quickstart.json']"]
+        for key, value in (args | {"ckpt_dir": tmp_path / run / "models", "output_dir": tmp_path / run} | extra).items():
+            words += [f"--{key}", str(value)]
+        return words
+
+    def finish(words):
+        result = subprocess.run(words, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout + result.stderr
+
+    finish(command("uninterrupted"))
+    process = subprocess.Popen(command("killed"), cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not glob.glob(str(tmp_path / "models" / "checkpoint_*epoch=3.pt")):
-        time.sleep(0.05)
+    while time.time() < deadline and not glob.glob(str(tmp_path / "killed" / "models" / "checkpoint_*epoch=3.pt")):
+        time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    saved = glob.glob(str(tmp_path / "models" / "checkpoint_*.pt"))
+    saved = glob.glob(str(tmp_path / "killed" / "models" / "checkpoint_*.pt"))
     assert len(saved) == 1, saved  # one complete checkpoint, no temporary leftovers named like one
-    epoch = torch.load(saved[0], weights_only=True)["trainer"]["iteration"] // 2
-    assert 3 <= epoch < 40
-    result = subprocess.run(command + ["--resume", "True", "--max_epochs", str(epoch + 2)], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "resumed from" in result.stdout + result.stderr
-    final = torch.load(latest_checkpoint(str(tmp_path / "models")), weights_only=True)
-    assert final["trainer"]["iteration"] == 2 * (epoch + 2)
+    assert 3 <= torch.load(saved[0], weights_only=True)["trainer"]["iteration"] // 2 < 12
+    assert "resumed from" in finish(command("killed", resume=True))
+    final, reference = (torch.load(latest_checkpoint(str(tmp_path / run / "models")), weights_only=True)
+                        for run in ("killed", "uninterrupted"))
+    assert final["trainer"]["iteration"] == reference["trainer"]["iteration"] == 24
+    for part in ("model", "teacher"):
+        for key in reference[part]:
+            assert torch.allclose(final[part][key], reference[part][key], atol=1e-5), (part, key)
 
 
 def test_checkpoint_tensors_are_moved_to_cpu_before_saving():

@@ -1,0 +1,48 @@
+"""tools/benchmark.py at tiny sizes: every figure runs and the JSON has its keys."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+
+from conftest import REPO_ROOT, TINY
+
+spec = importlib.util.spec_from_file_location("benchmark", os.path.join(REPO_ROOT, "tools", "benchmark.py"))
+benchmark = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(benchmark)
+
+TINY_PRESET = {
+    "pretrain": {
+        "vit": {k: TINY[k] for k in ("hidden_size", "mlp_dim", "num_layers", "num_heads")},
+        "decoder": {k: TINY[k] for k in ("decoder_hidden_size", "decoder_num_layers", "decoder_num_heads")},
+        "head": {k: TINY[k] for k in ("head_out_dim", "head_hidden_dim", "head_bottleneck_dim")},
+        "patch_size": 16, "img_size": 32, "global_size": 48, "local_size": 32, "num_global": 2, "num_local": 2,
+        "batch_size": 1, "mask_ratio": 0.75, "step_iterations": 2,
+    },
+    "data": {"volume_shape": (1, 40, 40, 36), "num_volumes": 2, "batches_per_epoch": 2},
+    "inference": {"volume_shape": (1, 1, 32, 32, 16), "roi_size": [16, 16, 16], "feature_size": 8, "sw_batch_size": 2,
+                   "hidden_size": 48, "mlp_dim": 96, "num_heads": 4},
+}
+
+
+def test_benchmark_tiny(tmp_path, monkeypatch):
+    monkeypatch.setitem(benchmark.PRESETS, "quick", TINY_PRESET)
+    out = tmp_path / "results.json"
+    benchmark.main(["--device", "cpu", "--preset", "quick", "--repeats", "1", "--threads", "2",
+                    "--num-workers", "0", "--out", str(out)])
+    results = json.loads(out.read_text())
+    for key in benchmark.TARGETS:
+        assert isinstance(results[key], float) and math.isfinite(results[key]) and results[key] > 0, key
+    assert results["targets"] == benchmark.TARGETS
+    details = results["details"]
+    assert {"step", "mae", "data", "inference", "gpu_vit_b_step", "machine"} <= set(details)
+    assert details["machine"]["torch"] and details["machine"]["monai"]
+    assert details["inference"]["ours_inferer_mode"] == "gaussian"
+
+
+def test_step_flops_vit_b():
+    """The analytic count is in the expected range for the paper step (a few TFLOP per batch of 4 volumes)."""
+    flops = benchmark.glmae_step_flops(benchmark.PAPER_PRETRAIN)
+    assert 1e12 < flops < 1e14

@@ -1,0 +1,456 @@
+"""Speed benchmark of GL-MAE pre-training and BTCV inference, each figure against a baseline in the same process.
+
+Figures (each a median of ``--repeats`` timed runs after warm-up; both sides of a comparison alternate):
+
+1. ``step_overhead_ratio``: a real ``GLMAETrainer`` running N pre-made batches, per iteration, against the same
+   student/teacher/loss/backward/clip/optimizer/EMA calls in a plain Python loop (no Ignite).
+2. ``mae_vs_monai_ratio``: ``GLMAE.forward_view`` on local views + ``MaskedReconstructionLoss`` + backward against
+   ``monai.networks.nets.MaskedAutoEncoderViT`` of the same sizes + masked-patch MSE + backward.
+3. ``data_to_step_ratio``: volumes/s of ``GlobalLocalViewsd`` on in-memory volumes through a ``monai.data.DataLoader``
+   against volumes/s consumed by the training step of figure 1.
+4. ``inference_vs_monai_ratio``: sliding-window inference with the ``network_def`` and ``inferer`` parsed from
+   ``bundles/glmae_btcv_segmentation/configs/inference.json`` against a plain ``UNETR`` + ``SlidingWindowInferer``.
+5. GPU only: samples/s, peak memory and MFU of the ViT-B/16 step at the paper sizes with bf16 autocast.
+
+Example (from the repository root)::
+
+    python tools/benchmark.py --device cpu --preset quick --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+try:
+    import custom_components  # noqa: F401
+except ImportError:  # run as `python tools/benchmark.py` from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import monai
+from monai.bundle import ConfigParser
+from monai.data import DataLoader, Dataset, MetaTensor
+from monai.inferers import SlidingWindowInferer
+from monai.networks.nets import UNETR, MaskedAutoEncoderViT
+
+from custom_components.engines import GLMAETrainer, param_groups_weight_decay
+from custom_components.losses import GLMAELoss
+from custom_components.losses.reconstruction import MaskedReconstructionLoss, patchify
+from custom_components.networks import GLMAE, EMATeacher
+from custom_components.transforms import GlobalLocalViewsd
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+INFERENCE_CONFIG = REPO_ROOT / "bundles" / "glmae_btcv_segmentation" / "configs" / "inference.json"
+
+TARGETS = {
+    "step_overhead_ratio": "<= 1.10",
+    "mae_vs_monai_ratio": "<= 0.80",
+    "data_to_step_ratio": ">= 3",
+    "inference_vs_monai_ratio": "<= 1.0",
+}
+
+VIT_B = {"hidden_size": 768, "mlp_dim": 3072, "num_layers": 12, "num_heads": 12}
+PAPER_PRETRAIN = {
+    "vit": VIT_B, "decoder": {"decoder_hidden_size": 512, "decoder_num_layers": 8, "decoder_num_heads": 16},
+    "head": {"head_out_dim": 65536, "head_hidden_dim": 2048, "head_bottleneck_dim": 256},
+    "patch_size": 16, "img_size": 96, "global_size": 160, "local_size": 96, "num_global": 2, "num_local": 4,
+    "batch_size": 4, "mask_ratio": 0.75, "step_iterations": 10,
+}
+
+# quick: the CPU sizes of the bundles' quickstart presets; paper: the sizes of train.json / inference.json.
+PRESETS = {
+    "quick": {
+        "pretrain": {
+            "vit": {"hidden_size": 96, "mlp_dim": 384, "num_layers": 12, "num_heads": 4},
+            "decoder": {"decoder_hidden_size": 96, "decoder_num_layers": 2, "decoder_num_heads": 4},
+            "head": {"head_out_dim": 1024, "head_hidden_dim": 256, "head_bottleneck_dim": 64},
+            "patch_size": 16, "img_size": 32, "global_size": 64, "local_size": 32, "num_global": 2, "num_local": 4,
+            "batch_size": 2, "mask_ratio": 0.75, "step_iterations": 10,
+        },
+        "data": {"volume_shape": (1, 96, 96, 80), "num_volumes": 4, "batches_per_epoch": 20},
+        "inference": {"volume_shape": (1, 1, 128, 128, 64), "roi_size": [32, 32, 32], "feature_size": 16,
+                      "sw_batch_size": 2, "hidden_size": 96, "mlp_dim": 384, "num_heads": 4},
+    },
+    "paper": {
+        "pretrain": PAPER_PRETRAIN,
+        "data": {"volume_shape": (1, 256, 256, 192), "num_volumes": 4, "batches_per_epoch": 10},
+        "inference": {"volume_shape": (1, 1, 512, 512, 200), "roi_size": [96, 96, 96], "feature_size": 48,
+                      "sw_batch_size": 4, **{k: VIT_B[k] for k in ("hidden_size", "mlp_dim", "num_heads")}},
+    },
+}
+
+
+# ----------------------------------------------------------------------------------------------------------- helpers
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, enabled: bool, dtype: torch.dtype = torch.bfloat16):
+    return torch.autocast(device_type=device.type, dtype=dtype) if enabled else nullcontext()
+
+
+def _compare(ours: Callable[[], object], baseline: Callable[[], object], repeats: int, warmup: int,
+             device: torch.device) -> tuple[list[float], list[float]]:
+    """Time ``ours`` and ``baseline`` alternately (``warmup`` untimed calls each first); wall seconds per call."""
+    for _ in range(warmup):
+        ours()
+        baseline()
+    times_ours, times_base = [], []
+    for r in range(repeats):
+        pair = ((ours, times_ours), (baseline, times_base))
+        for fn, times in pair if r % 2 == 0 else pair[::-1]:
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    return times_ours, times_base
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: ``torch.cuda.max_memory_allocated`` on GPU; on CPU the process RSS,
+    polled every millisecond from ``/proc/self/statm`` by a background thread (tensors bypass ``tracemalloc``)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_bytes = 0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._max = max(self._max, self._rss())
+            time.sleep(0.001)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            self._start = self._max = self._rss()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._start
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_bytes = max(self._max, self._rss()) - self._start
+
+
+# ------------------------------------------------------------------------------------------ pre-training step pieces
+def build_pretraining(cfg: dict, device: torch.device) -> tuple[GLMAE, EMATeacher, GLMAELoss, torch.optim.Optimizer]:
+    """Student, EMA teacher, DINO loss and AdamW as ``bundles/glmae_pretraining/configs/train.json`` builds them."""
+    network = GLMAE(img_size=cfg["img_size"], patch_size=cfg["patch_size"], **cfg["vit"], **cfg["decoder"],
+                    **cfg["head"]).to(device)
+    teacher = EMATeacher(network)
+    loss = GLMAELoss(cfg["patch_size"], head_out_dim=cfg["head"]["head_out_dim"]).to(device)
+    optimizer = torch.optim.AdamW(param_groups_weight_decay(network, 0.05), lr=1e-4, betas=(0.9, 0.95))
+    return network, teacher, loss, optimizer
+
+
+def make_batches(cfg: dict, num_batches: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """Pre-made batches ``{"global_views": [B, p, 1, G³], "local_views": [B, q, 1, L³]}`` already on ``device``."""
+    b, g, loc = cfg["batch_size"], cfg["global_size"], cfg["local_size"]
+    return [{"global_views": torch.rand(b, cfg["num_global"], 1, g, g, g, device=device),
+             "local_views": torch.rand(b, cfg["num_local"], 1, loc, loc, loc, device=device)}
+            for _ in range(num_batches)]
+
+
+def make_trainer(cfg: dict, device: torch.device, amp: bool) -> GLMAETrainer:
+    """A ``GLMAETrainer`` (clip 3.0, mask ratio, EMA as in train.json) over ``step_iterations`` in-memory batches."""
+    network, teacher, loss, optimizer = build_pretraining(cfg, device)
+    batches = make_batches(cfg, cfg["step_iterations"], device)
+    return GLMAETrainer(device=device, max_epochs=1, train_data_loader=batches, network=network, teacher=teacher,
+                        optimizer=optimizer, loss_function=loss, mask_ratio=cfg["mask_ratio"], clip_grad_norm=3.0,
+                        amp=amp, epoch_length=len(batches))
+
+
+def plain_step_loop(cfg: dict, device: torch.device, amp: bool) -> Callable[[], None]:
+    """The compute floor of ``GLMAETrainer._iteration``: the same calls over the same batches, in a Python loop."""
+    network, teacher, loss_fn, optimizer = build_pretraining(cfg, device)
+    batches = [{k: v.flatten(0, 1) for k, v in batch.items()}
+               for batch in make_batches(cfg, cfg["step_iterations"], device)]
+    network.train()
+
+    def run() -> None:
+        for batch in batches:
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(device, amp):
+                student = network(batch["global_views"], batch["local_views"], cfg["mask_ratio"])
+                teacher_embedding = teacher(batch["global_views"])
+                losses = loss_fn(student, teacher_embedding, batch["global_views"], batch["local_views"],
+                                 cfg["batch_size"])
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 3.0)
+            optimizer.step()
+            teacher.update(network, 0.996)
+
+    return run
+
+
+# -------------------------------------------------------------------------------------------------------- figures
+def measure_step_overhead(cfg: dict, device: torch.device, repeats: int) -> dict:
+    """Figure 1: seconds per ``GLMAETrainer`` iteration / seconds per plain-loop iteration (bf16 autocast on GPU)."""
+    amp = device.type == "cuda"
+    trainer = make_trainer(cfg, device, amp)
+    floor = plain_step_loop(cfg, device, amp)
+    times_trainer, times_floor = _compare(trainer.run, floor, repeats, warmup=1, device=device)
+    n = cfg["step_iterations"]
+    step_s, floor_s = statistics.median(times_trainer) / n, statistics.median(times_floor) / n
+    return {"ratio": step_s / floor_s, "trainer_step_s": step_s, "plain_loop_step_s": floor_s,
+            "iterations_per_run": n, "amp_bf16": amp, "volumes_per_s": cfg["batch_size"] / step_s}
+
+
+def measure_mae_vs_monai(cfg: dict, device: torch.device, repeats: int) -> dict:
+    """Figure 2: our masked local-view MAE (forward_view + MaskedReconstructionLoss + backward) / MONAI's
+    ``MaskedAutoEncoderViT`` at the same sizes + masked-patch MSE + backward. MONAI's 3D sin-cos decoder embedding
+    needs a width divisible by 6, so a 512-wide decoder gets a learnable one (same compute)."""
+    amp = device.type == "cuda"
+    patch, size, ratio = cfg["patch_size"], cfg["local_size"], cfg["mask_ratio"]
+    views = torch.rand(cfg["batch_size"] * cfg["num_local"], 1, size, size, size, device=device)
+    ours = GLMAE(img_size=size, patch_size=patch, **cfg["vit"], **cfg["decoder"], **cfg["head"]).to(device).train()
+    reconstruction = MaskedReconstructionLoss(patch)
+    dec = cfg["decoder"]
+    monai_mae = MaskedAutoEncoderViT(
+        in_channels=1, img_size=size, patch_size=patch, **cfg["vit"], masking_ratio=ratio,
+        decoder_hidden_size=dec["decoder_hidden_size"], decoder_mlp_dim=4 * dec["decoder_hidden_size"],
+        decoder_num_layers=dec["decoder_num_layers"], decoder_num_heads=dec["decoder_num_heads"], qkv_bias=True,
+        decoder_pos_embed_type="sincos" if dec["decoder_hidden_size"] % 6 == 0 else "learnable",
+    ).to(device).train()
+
+    def step_ours() -> None:
+        ours.zero_grad(set_to_none=True)
+        with _autocast(device, amp):
+            out = ours.forward_view(views, ratio)
+            loss = reconstruction(out["pred"], views, out["mask"])
+        loss.backward()
+
+    def step_monai() -> None:
+        monai_mae.zero_grad(set_to_none=True)
+        with _autocast(device, amp):
+            pred, mask = monai_mae(views)
+            per_patch = (pred.float() - patchify(views, patch)).pow(2).mean(dim=-1)
+            loss = (per_patch * mask).sum() / mask.sum()
+        loss.backward()
+
+    times_ours, times_monai = _compare(step_ours, step_monai, repeats * 3, warmup=2, device=device)
+    ours_s, monai_s = statistics.median(times_ours), statistics.median(times_monai)
+    return {"ratio": ours_s / monai_s, "ours_s": ours_s, "monai_s": monai_s, "views": tuple(views.shape),
+            "amp_bf16": amp}
+
+
+def measure_data_pipeline(cfg: dict, data_cfg: dict, step_volumes_per_s: float, num_workers: int,
+                          repeats: int) -> dict:
+    """Figure 3: volumes/s of ``GlobalLocalViewsd`` on cached in-memory volumes through a ``monai.data.DataLoader``
+    (persistent workers, one warm-up epoch) / volumes/s consumed by the training step of figure 1."""
+    volumes = [{"image": MetaTensor(torch.rand(*data_cfg["volume_shape"]))} for _ in range(data_cfg["num_volumes"])]
+    num_items = data_cfg["batches_per_epoch"] * cfg["batch_size"]
+    transform = GlobalLocalViewsd("image", cfg["global_size"], cfg["local_size"], cfg["num_global"],
+                                  cfg["num_local"]).set_random_state(seed=0)
+    dataset = Dataset([volumes[i % len(volumes)] for i in range(num_items)], transform=transform)
+    loader = DataLoader(dataset, batch_size=cfg["batch_size"], shuffle=True, num_workers=num_workers,
+                        persistent_workers=num_workers > 0)
+
+    def epoch() -> None:
+        for _ in loader:
+            pass
+
+    epoch()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        epoch()
+        times.append(time.perf_counter() - start)
+    rate = num_items / statistics.median(times)
+    return {"ratio": rate / step_volumes_per_s, "pipeline_volumes_per_s": rate,
+            "step_volumes_per_s": step_volumes_per_s, "num_workers": num_workers,
+            "volume_shape": data_cfg["volume_shape"], "volumes_per_epoch": num_items}
+
+
+def measure_inference(inf_cfg: dict, device: torch.device, repeats: int) -> dict:
+    """Figure 4: sliding-window inference with inference.json's ``network_def`` and ``inferer`` (size overrides of
+    the preset; fp16 autocast on GPU when its ``amp`` is true, as ``SupervisedEvaluator`` does) / a plain MONAI
+    ``UNETR`` of the same sizes and weights with ``SlidingWindowInferer(roi, sw_batch_size, overlap=0.5)``."""
+    parser = ConfigParser()
+    parser.read_config(str(INFERENCE_CONFIG))
+    parser.update({k: inf_cfg[k] for k in ("roi_size", "feature_size", "sw_batch_size", "hidden_size", "mlp_dim",
+                                            "num_heads")})
+    ours_net = parser.get_parsed_content("network_def").to(device).eval()
+    ours_inferer = parser.get_parsed_content("inferer")
+    amp = bool(parser.get_parsed_content("amp")) and device.type == "cuda"
+    base_net = UNETR(in_channels=1, out_channels=parser["num_classes"], img_size=inf_cfg["roi_size"],
+                     feature_size=inf_cfg["feature_size"], hidden_size=inf_cfg["hidden_size"],
+                     mlp_dim=inf_cfg["mlp_dim"], num_heads=inf_cfg["num_heads"], proj_type="conv",
+                     norm_name="instance", res_block=True, qkv_bias=True).to(device).eval()
+    base_net.load_state_dict(ours_net.state_dict())
+    base_inferer = SlidingWindowInferer(inf_cfg["roi_size"], inf_cfg["sw_batch_size"], overlap=0.5)
+    volume = torch.rand(*inf_cfg["volume_shape"], device=device)
+    memory = {}
+
+    def run(name: str, net: torch.nn.Module, inferer: SlidingWindowInferer, autocast: bool) -> Callable[[], None]:
+        def infer() -> None:
+            with torch.inference_mode(), _autocast(device, autocast, torch.float16), PeakMemory(device) as peak:
+                inferer(volume, net)
+            memory[name] = max(memory.get(name, 0), peak.peak_bytes)
+        return infer
+
+    times_ours, times_base = _compare(run("ours", ours_net, ours_inferer, amp),
+                                      run("monai", base_net, base_inferer, False), repeats, warmup=1, device=device)
+    ours_s, base_s = statistics.median(times_ours), statistics.median(times_base)
+    return {"ratio": ours_s / base_s, "ours_s": ours_s, "monai_s": base_s,
+            "ours_peak_memory_mb": memory["ours"] / 2**20, "monai_peak_memory_mb": memory["monai"] / 2**20,
+            "memory_measure": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process RSS delta",
+            "volume_shape": inf_cfg["volume_shape"], "roi_size": inf_cfg["roi_size"],
+            "sw_batch_size": inf_cfg["sw_batch_size"], "feature_size": inf_cfg["feature_size"],
+            "ours_inferer_mode": ours_inferer.mode, "ours_amp_fp16": amp}
+
+
+def glmae_step_flops(cfg: dict) -> float:
+    """Analytic FLOPs of one GL-MAE training step (multiply-add = 2 FLOPs): 3x the student forward (forward +
+    backward) plus the teacher forward on intact global views. Counts patch embedding, transformer linears and
+    attention, decoder, prediction and DINO head; ignores norms, activations, softmax and the loss."""
+    d, m, layers = cfg["vit"]["hidden_size"], cfg["vit"]["mlp_dim"], cfg["vit"]["num_layers"]
+    dd, d_layers = cfg["decoder"]["decoder_hidden_size"], cfg["decoder"]["decoder_num_layers"]
+    h = cfg["head"]
+    patch_vox = cfg["patch_size"] ** 3
+
+    def blocks(n: int, width: int, mlp: int, depth: int) -> float:
+        return depth * (2 * n * (4 * width * width + 2 * width * mlp) + 4 * n * n * width)
+
+    head = 2 * (d * h["head_hidden_dim"] + h["head_hidden_dim"] ** 2 + h["head_hidden_dim"] * h["head_bottleneck_dim"]
+                + h["head_bottleneck_dim"] * h["head_out_dim"])
+    student = teacher = 0.0
+    for size, views in ((cfg["global_size"], cfg["num_global"]), (cfg["local_size"], cfg["num_local"])):
+        n = (size // cfg["patch_size"]) ** 3
+        visible = max(1, int(n * (1 - cfg["mask_ratio"])))
+        encoder = 2 * n * patch_vox * d + blocks(visible + 1, d, m, layers)
+        decoder = 2 * (visible + 1) * d * dd + blocks(n + 1, dd, 4 * dd, d_layers) + 2 * n * dd * patch_vox
+        student += cfg["batch_size"] * views * (encoder + decoder + head)
+        if size == cfg["global_size"]:
+            teacher += cfg["batch_size"] * views * (2 * n * patch_vox * d + blocks(n + 1, d, m, layers) + head)
+    return 3 * student + teacher
+
+
+def measure_gpu_vit_b_step(device: torch.device, peak_tflops: float, repeats: int) -> dict:
+    """Figure 5 (GPU): samples/s, peak memory and MFU of a ``GLMAETrainer`` step at the paper sizes, bf16."""
+    cfg = PAPER_PRETRAIN
+    trainer = make_trainer(cfg, device, amp=True)
+    trainer.run()
+    times = []
+    for _ in range(repeats):
+        with PeakMemory(device) as peak:
+            _sync(device)
+            start = time.perf_counter()
+            trainer.run()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    step_s = statistics.median(times) / cfg["step_iterations"]
+    flops = glmae_step_flops(cfg)
+    return {"samples_per_s": cfg["batch_size"] / step_s, "step_s": step_s, "peak_memory_gb": peak.peak_bytes / 2**30,
+            "step_tflop": flops / 1e12, "achieved_tflops": flops / step_s / 1e12,
+            "mfu": flops / step_s / (peak_tflops * 1e12), "peak_tflops": peak_tflops}
+
+
+# ------------------------------------------------------------------------------------------------------------ main
+def machine_info(device: torch.device) -> dict:
+    """Versions, device name and CPU count of this run."""
+    return {"torch": torch.__version__, "monai": monai.__version__, "python": platform.python_version(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def print_table(results: dict) -> None:
+    """Print figure, ours, baseline, ratio and target as a fixed-width table."""
+    d = results["details"]
+    inf = d["inference"]
+    rows = [
+        ("step_overhead_ratio", f"{d['step']['trainer_step_s'] * 1e3:.1f} ms/step",
+         f"{d['step']['plain_loop_step_s'] * 1e3:.1f} ms/step (plain loop)"),
+        ("mae_vs_monai_ratio", f"{d['mae']['ours_s'] * 1e3:.1f} ms", f"{d['mae']['monai_s'] * 1e3:.1f} ms (MONAI MAE)"),
+        ("data_to_step_ratio", f"{d['data']['pipeline_volumes_per_s']:.1f} vol/s",
+         f"{d['data']['step_volumes_per_s']:.1f} vol/s (step)"),
+        ("inference_vs_monai_ratio", f"{inf['ours_s']:.2f} s, {inf['ours_peak_memory_mb']:.0f} MB",
+         f"{inf['monai_s']:.2f} s, {inf['monai_peak_memory_mb']:.0f} MB (MONAI)"),
+    ]
+    print(f"{'figure':<26}{'ours':<24}{'baseline':<40}{'ratio':>8}  target")
+    for name, ours, base in rows:
+        print(f"{name:<26}{ours:<24}{base:<40}{results[name]:>8.3f}  {TARGETS[name]}")
+    gpu = d["gpu_vit_b_step"]
+    if "skipped" in gpu:
+        print(f"ViT-B step (GPU): skipped, {gpu['skipped']}")
+    else:
+        print(f"ViT-B step (GPU, bf16): {gpu['samples_per_s']:.2f} samples/s, peak {gpu['peak_memory_gb']:.1f} GB, "
+              f"{gpu['achieved_tflops']:.0f} TFLOP/s, MFU {gpu['mfu']:.1%} of {gpu['peak_tflops']:g} TFLOP/s")
+
+
+def run_benchmark(device: torch.device, preset: str, repeats: int, num_workers: int, peak_tflops: float) -> dict:
+    """Run every figure and return the results dict written as JSON."""
+    cfg = PRESETS[preset]
+    step = measure_step_overhead(cfg["pretrain"], device, repeats)
+    details = {
+        "preset": preset, "repeats": repeats, "machine": machine_info(device),
+        "sizes": {k: cfg[k] for k in ("pretrain", "inference")},
+        "step": step,
+        "mae": measure_mae_vs_monai(cfg["pretrain"], device, repeats),
+        "data": measure_data_pipeline(cfg["pretrain"], cfg["data"], step["volumes_per_s"], num_workers, repeats),
+        "inference": measure_inference(cfg["inference"], device, repeats),
+        "gpu_vit_b_step": (measure_gpu_vit_b_step(device, peak_tflops, repeats) if device.type == "cuda"
+                           else {"skipped": "needs --device cuda"}),
+    }
+    return {"step_overhead_ratio": step["ratio"], "mae_vs_monai_ratio": details["mae"]["ratio"],
+            "data_to_step_ratio": details["data"]["ratio"], "inference_vs_monai_ratio": details["inference"]["ratio"],
+            "targets": TARGETS, "details": details}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="quick",
+                        help="quick: CPU sizes (quickstart presets); paper: ViT-B/16, 160³/96³ views, 512x512x200 CT")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median reported)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads for every figure")
+    parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="DataLoader workers of the data pipeline (train.json uses 4)")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak for MFU (H100 bf16 dense)")
+    parser.add_argument("--out", default="results.json", help="JSON output file")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for but CUDA is not available.")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    results = run_benchmark(torch.device(args.device), args.preset, args.repeats, args.num_workers, args.peak_tflops)
+    print_table(results)
+    Path(args.out).write_text(json.dumps(results, indent=2, default=list))
+    print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
