@@ -56,7 +56,8 @@ class TrainingCheckpointSaver(CheckpointSaver):
     (MONAI's saver writes in place), so a kill during a save leaves the previous checkpoint intact.
 
     Args:
-        save_trainer: add the engine under ``"trainer"`` (True for resumable checkpoints, False for ``model.pt``).
+        save_trainer: add the engine under ``"trainer"`` (and its AMP grad scaler under ``"scaler"`` when it has
+            one), True for resumable checkpoints, False for ``model.pt``.
         other arguments: those of ``CheckpointSaver``.
     """
 
@@ -72,6 +73,8 @@ class TrainingCheckpointSaver(CheckpointSaver):
     def attach(self, engine: Engine) -> None:
         if self.save_trainer:
             self.save_dict["trainer"] = engine
+            if getattr(engine, "scaler", None) is not None:  # the AMP grad scaler of a GPU run
+                self.save_dict["scaler"] = engine.scaler
         super().attach(engine)
 
 
@@ -114,6 +117,8 @@ class TrainingCheckpointLoader(CheckpointLoader):
 
     def attach(self, engine: Engine) -> None:
         self.load_dict["trainer"] = engine
+        if getattr(engine, "scaler", None) is not None:
+            self.load_dict["scaler"] = engine.scaler
         super().attach(engine)
 
     def __call__(self, engine: Engine) -> None:

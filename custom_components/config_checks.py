@@ -1,0 +1,68 @@
+"""Checks of how a bundle was invoked: command-line overrides must name ids that exist in its config files."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+
+from monai.bundle import ConfigParser
+
+__all__ = ["check_cli_overrides", "RUN_ARGUMENTS"]
+
+#: Arguments of ``python -m monai.bundle run`` itself, not config ids.
+RUN_ARGUMENTS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
+                 "workflow_type", "workflow_name", "properties_path"}
+
+
+def _cli_pairs(argv: list[str]) -> dict[str, str]:
+    """``--key value`` / ``--key=value`` pairs of a ``monai.bundle run`` command line."""
+    pairs, i = {}, 0
+    while i < len(argv):
+        word = argv[i]
+        if word.startswith("--"):
+            key, _, value = word[2:].partition("=")
+            if not value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value, i = argv[i + 1], i + 1
+            pairs[key] = value
+        i += 1
+    return pairs
+
+
+def check_cli_overrides(argv: list[str] | None = None) -> None:
+    """Raise a ``ValueError`` when a ``--key`` given to ``python -m monai.bundle run`` is not an id of the config
+    files (a typo such as ``--max_epoch`` would otherwise add an unused id and be silently ignored).
+
+    Bundle configs call it first in ``initialize``. Outside the ``monai.bundle`` command line (Python API,
+    tests) it does nothing. A nested id (``train#trainer#max_epochs``) is checked by its first component.
+    """
+    argv = sys.argv if argv is None else argv
+    if len(argv) < 2 or not argv[0].replace(os.sep, "/").endswith("monai/bundle/__main__.py"):
+        return
+    pairs = _cli_pairs(argv[2:])
+    config_files = pairs.get("config_file")
+    if not config_files:
+        return
+    parser = ConfigParser()
+    parser.read_config(_as_list(config_files))
+    known = set(parser.get().keys())
+    unknown = []
+    for key in pairs:
+        root = key.replace("::", "#").split("#")[0].lstrip("+")
+        if key not in RUN_ARGUMENTS and root not in known:
+            unknown.append(key)
+    if unknown:
+        hints = "; ".join(
+            f"--{k}" + (f" (did you mean --{m[0]}?)" if (m := difflib.get_close_matches(k, known, n=1)) else "")
+            for k in unknown
+        )
+        raise ValueError(f"unknown config id(s) on the command line: {hints}. Ids are top-level keys of "
+                         f"{config_files}; nested ones are written train#trainer#max_epochs.")
+
+
+def _as_list(config_files: str) -> list[str]:
+    """The ``--config_file`` value (a path, ``"['a.json','b.json']"`` or ``"a.json,b.json"``) as a list of paths."""
+    text = config_files.strip()
+    if text.startswith("["):
+        text = text.strip("[]")
+    return [p.strip().strip("'\"") for p in text.split(",") if p.strip()]
