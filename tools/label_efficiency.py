@@ -1,0 +1,243 @@
+"""The paper's two claims as one runnable study: the ablation (each GL-MAE component helps) and label efficiency
+(pre-training helps most when labels are scarce).
+
+Pre-trains the four ablation variants with the pre-training bundle (local reconstruction only = MAE3D; + global
+reconstruction; + global-to-global; + global-to-local = full GL-MAE), fine-tunes the BTCV bundle from each of
+them and from scratch at several label budgets and seeds, and writes
+
+    OUT/results.csv          arm,budget,seed,dice (one row per fine-tuning run, appended as runs finish)
+    OUT/results.md           mean ± std validation Dice per arm and budget
+    OUT/dice_vs_labels.png   Dice against the number of labelled volumes, one line per arm
+
+Every run is a ``python -m monai.bundle run`` command (printed before it runs) with its own folder under OUT; a
+second invocation skips what is already done, so an interrupted study resumes where it stopped.
+
+    python tools/label_efficiency.py --preset cpu --out study          # synthetic data, ~30 min on 2 CPU cores
+    python tools/label_efficiency.py --preset paper --out study \\
+        --pretrain-datalist /data/ct/dataset.json --finetune-datalist /data/btcv/dataset_0.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+from PIL import Image, ImageDraw
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLES = os.path.join(REPO_ROOT, "bundles")
+
+#: arm -> pre-training overlays on train.json (None: fine-tune from scratch). Order = the paper's ablation rows.
+ARMS = {
+    "scratch": None,
+    "local_rec (MAE3D)": ["ablation_local_rec.json"],
+    "+global_rec": ["ablation_global_rec.json"],
+    "+g2g": ["ablation_g2g.json"],
+    "+g2l (GL-MAE)": [],
+}
+
+#: pre-training overlays/overrides, fine-tuning overlays/overrides, budgets and seeds of each preset.
+PRESETS = {
+    "tiny": {  # the test suite's size: seconds per run
+        "pretrain": (["quickstart.json"], {"max_epochs": 1, "num_volumes": 3, "volume_shape": [48, 48, 32],
+                                           "hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "head_out_dim": 64,
+                                           "decoder_hidden_size": 48, "decoder_num_layers": 1, "batch_size": 1}),
+        "finetune": (["quickstart.json"], {"max_epochs": 1, "val_interval": 1, "num_volumes": 6, "num_folds": 3,
+                                           "volume_shape": [48, 48, 32], "hidden_size": 48, "mlp_dim": 96,
+                                           "num_heads": 4, "feature_size": 8, "num_samples": 1}),
+        "budgets": [1, 3], "seeds": [0],
+    },
+    "cpu": {  # synthetic data, about 30 minutes on 2 CPU cores
+        "pretrain": (["quickstart.json"], {}),
+        "finetune": (["quickstart.json"], {"max_epochs": 30, "val_interval": 10}),
+        "budgets": [2, 4, 8], "seeds": [0],
+    },
+    "paper": {  # real data on GPU: the paper's sizes, BTCV budgets 3 / 6 / 12 / all 24
+        "pretrain": ([], {}),
+        "finetune": ([], {}),
+        "budgets": [3, 6, 12, 24], "seeds": [0, 1, 2],
+    },
+}
+
+
+def run_bundle(bundle: str, configs: list[str], overrides: dict, log_file: str) -> None:
+    """``python -m monai.bundle run`` in ``bundles/<bundle>``; output to ``log_file``; raises if it fails."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+               "[" + ",".join(f"'configs/{c}'" for c in configs) + "]"]
+    for key, value in overrides.items():
+        command += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict)) else str(value)]
+    print(f"$ (cd bundles/{bundle} && {shlex.join(['python', *command[1:]])})", flush=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
+    with open(log_file, "w") as log:
+        result = subprocess.run(command, cwd=os.path.join(BUNDLES, bundle), env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        raise RuntimeError(f"{bundle} failed (exit {result.returncode}); see {log_file}")
+
+
+def pretrain(arm: str, overlays: list[str], preset: dict, args: argparse.Namespace) -> str:
+    """Pre-train one ablation variant (skipped when its encoder exists); returns the encoder path."""
+    folder = os.path.join(args.out, "pretrain", slug(arm))
+    encoder = os.path.join(folder, "models", "encoder.pt")
+    if os.path.exists(os.path.join(folder, "done")):
+        return encoder
+    configs, overrides = preset["pretrain"]
+    overrides = overrides | common_overrides(args) | {"ckpt_dir": os.path.join(folder, "models"), "output_dir": folder}
+    if args.pretrain_datalist:
+        overrides["datalist"] = args.pretrain_datalist
+    else:
+        overrides["dataset_dir"] = os.path.join(args.out, "data", "pretrain")
+    os.makedirs(folder, exist_ok=True)
+    run_bundle("glmae_pretraining", ["train.json", *configs, *overlays], overrides, os.path.join(folder, "log.txt"))
+    open(os.path.join(folder, "done"), "w").close()
+    return encoder
+
+
+def finetune(arm: str, encoder: str | None, budget: int, seed: int, preset: dict, args: argparse.Namespace) -> float:
+    """Fine-tune the BTCV bundle with ``budget`` labelled volumes; returns the best validation mean Dice."""
+    folder = os.path.join(args.out, "finetune", f"{slug(arm)}_n{budget}_s{seed}")
+    configs, overrides = preset["finetune"]
+    overrides = overrides | common_overrides(args) | {
+        "ckpt_dir": os.path.join(folder, "models"), "output_dir": folder, "num_labelled": budget, "seed": seed,
+        "pretrained_encoder": encoder or "",
+    }
+    if args.finetune_datalist:
+        overrides["datalist"] = args.finetune_datalist
+    else:
+        overrides["dataset_dir"] = os.path.join(args.out, "data", "finetune")
+    os.makedirs(folder, exist_ok=True)
+    run_bundle("glmae_btcv_segmentation", ["train.json", *configs], overrides, os.path.join(folder, "log.txt"))
+    with open(os.path.join(folder, "best_metric.json")) as f:
+        return float(json.load(f)["val_mean_dice"])
+
+
+def common_overrides(args: argparse.Namespace) -> dict:
+    return {"device": args.device} if args.device else {}
+
+
+def slug(arm: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in arm).strip("_").lower()
+
+
+def read_results(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [{"arm": r["arm"], "budget": int(r["budget"]), "seed": int(r["seed"]), "dice": float(r["dice"])}
+                for r in csv.DictReader(f)]
+
+
+def append_result(path: str, row: dict) -> None:
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["arm", "budget", "seed", "dice"])
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def summarise(rows: list[dict], arms: list[str], budgets: list[int]) -> dict:
+    """``{arm: {budget: (mean, std, n)}}`` over seeds."""
+    table: dict = {}
+    for arm in arms:
+        for budget in budgets:
+            values = [r["dice"] for r in rows if r["arm"] == arm and r["budget"] == budget]
+            if values:
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                table.setdefault(arm, {})[budget] = (statistics.mean(values), std, len(values))
+    return table
+
+
+def write_markdown(path: str, table: dict, budgets: list[int]) -> None:
+    lines = ["| arm | " + " | ".join(f"{b} labelled" for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets)]
+    for arm, cells in table.items():
+        values = [f"{cells[b][0]:.3f} ± {cells[b][1]:.3f} (n={cells[b][2]})" if b in cells else "–" for b in budgets]
+        lines.append(f"| {arm} | " + " | ".join(values) + " |")
+    with open(path, "w") as f:
+        f.write("Validation mean Dice (mean ± std over seeds)\n\n" + "\n".join(lines) + "\n")
+
+
+COLOURS = [(120, 120, 120), (31, 119, 180), (44, 160, 44), (255, 127, 14), (214, 39, 40)]
+
+
+def plot(path: str, table: dict, budgets: list[int], size=(720, 440), margin=(70, 40, 200, 60)) -> None:
+    """Dice against labelled volumes, one coloured line per arm, drawn with PIL."""
+    left, top, right, bottom = margin
+    width, height = size[0] - left - right, size[1] - top - bottom
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    x_of = {b: left + (i + 0.5) * width / len(budgets) for i, b in enumerate(budgets)}
+
+    def y_of(dice: float) -> float:
+        return top + height * (1.0 - dice)
+
+    draw.rectangle([left, top, left + width, top + height], outline="black")
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        draw.line([left - 4, y_of(tick), left, y_of(tick)], fill="black")
+        draw.text((left - 40, y_of(tick) - 6), f"{tick:.2f}", fill="black")
+    for b, x in x_of.items():
+        draw.text((x - 6, top + height + 8), str(b), fill="black")
+    draw.text((left + width / 2 - 60, top + height + 30), "labelled training volumes", fill="black")
+    draw.text((left, 12), "validation mean Dice vs labels", fill="black")
+    for k, (arm, cells) in enumerate(table.items()):
+        colour = COLOURS[k % len(COLOURS)]
+        points = [(x_of[b], y_of(cells[b][0])) for b in budgets if b in cells]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for x, y in points:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        draw.line([left + width + 15, top + 15 + 18 * k, left + width + 35, top + 15 + 18 * k], fill=colour, width=3)
+        draw.text((left + width + 40, top + 9 + 18 * k), arm, fill="black")
+    image.save(path)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--out", required=True, help="study folder (resumes what it finds there)")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--budgets", nargs="+", type=int, help="labelled training volumes (default: the preset's)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="fine-tuning seeds (default: the preset's)")
+    parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: the bundles' choice)")
+    parser.add_argument("--pretrain-datalist", help="unlabelled datalist (default: synthetic data)")
+    parser.add_argument("--finetune-datalist", help="labelled datalist with folds (default: synthetic data)")
+    args = parser.parse_args(argv)
+    if args.preset == "paper" and not (args.pretrain_datalist and args.finetune_datalist):
+        parser.error("--preset paper needs --pretrain-datalist and --finetune-datalist")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    preset = PRESETS[args.preset]
+    budgets, seeds = args.budgets or preset["budgets"], args.seeds or preset["seeds"]
+    os.makedirs(args.out, exist_ok=True)
+    results_csv = os.path.join(args.out, "results.csv")
+    done = {(r["arm"], r["budget"], r["seed"]) for r in read_results(results_csv)}
+    runs = [(arm, b, s) for arm in args.arms for b in budgets for s in seeds]
+    start = time.time()
+    for index, (arm, budget, seed) in enumerate(runs, 1):
+        if (arm, budget, seed) in done:
+            continue
+        encoder = pretrain(arm, ARMS[arm], preset, args) if ARMS[arm] is not None else None
+        dice = finetune(arm, encoder, budget, seed, preset, args)
+        append_result(results_csv, {"arm": arm, "budget": budget, "seed": seed, "dice": dice})
+        print(f"[{index}/{len(runs)}] {arm}, {budget} labelled, seed {seed}: Dice {dice:.4f} "
+              f"({time.time() - start:.0f} s so far)", flush=True)
+    table = summarise(read_results(results_csv), args.arms, budgets)
+    write_markdown(os.path.join(args.out, "results.md"), table, budgets)
+    plot(os.path.join(args.out, "dice_vs_labels.png"), table, budgets)
+    print(open(os.path.join(args.out, "results.md")).read())
+    return table
+
+
+if __name__ == "__main__":
+    main()
