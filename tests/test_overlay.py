@@ -114,3 +114,18 @@ def test_bad_arguments_raise(tmp_path, kwargs, match):
 def test_render_overlay_shape_mismatch():
     with pytest.raises(ValueError, match=r"\[H, W, D\]"):
         render_overlay(np.zeros((H, W, D)), np.zeros((H, W, D + 1), dtype=int), NUM_CLASSES)
+
+
+def test_zoom_magnifies_the_tiles_and_auto_zoom_reaches_the_minimum_width():
+    from custom_components.transforms.overlay import MIN_TILE
+
+    image, labels = np.full((H, W, D), 0.5), np.zeros((H, W, D), dtype=int)
+    labels[2:8, 3:9, 4:13] = 1
+    native = render_overlay(image, labels, NUM_CLASSES, slices=1)
+    zoomed = render_overlay(image, labels, NUM_CLASSES, slices=1, zoom=3)
+    assert zoomed.size == (3 * H + GAP + LEGEND_WIDTH, HEADER + max(3 * W, (NUM_CLASSES - 1) * LEGEND_ROW + GAP))
+    assert native.size == expected_size(1)
+    auto = render_overlay(image, labels, NUM_CLASSES, slices=1, zoom=None)
+    assert auto.size[0] - GAP - LEGEND_WIDTH >= MIN_TILE
+    with pytest.raises(ValueError, match="zoom"):
+        render_overlay(image, labels, NUM_CLASSES, zoom=0)

@@ -35,6 +35,7 @@ GAP = 4  # pixels between tiles
 HEADER = 14  # pixels above the tiles for the slice indices
 LEGEND_ROW = 14  # pixels per legend entry
 LEGEND_WIDTH = 48
+MIN_TILE = 192  # pixels: the automatic zoom makes tiles at least this wide
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
@@ -49,7 +50,8 @@ def overlay_slices(labels: np.ndarray, slices: int) -> list[int]:
     return np.rint(positions).astype(int).tolist()
 
 
-def render_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, slices: int = 3) -> Image.Image:
+def render_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, slices: int = 3,
+                   zoom: int | None = 1) -> Image.Image:
     """Draw the slices chosen by :func:`overlay_slices` side by side, image in grey and class ``c`` blended in
     ``PALETTE[c - 1]`` at ``ALPHA``, with the slice indices above and a legend of class ids on the right.
 
@@ -62,12 +64,20 @@ def render_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, slic
         labels: ``[H, W, D]`` integer class map with values in ``[0, num_classes)``.
         num_classes: number of classes including the background, 2..``len(PALETTE) + 1``.
         slices: number of axial slices to show.
+        zoom: integer magnification of the slices (nearest neighbour; the sizes above are then of the zoomed
+            image); None picks the smallest that makes a tile at least ``MIN_TILE`` pixels wide.
 
     Raises:
         ValueError: ``image`` and ``labels`` are not two ``[H, W, D]`` arrays of the same shape.
     """
     if image.ndim != 3 or image.shape != labels.shape:
         raise ValueError(f"image and labels must both be [H, W, D], got {image.shape} and {labels.shape}.")
+    zoom = max(1, -(-MIN_TILE // image.shape[0])) if zoom is None else zoom
+    if zoom < 1:
+        raise ValueError(f"zoom must be a positive int or None, got {zoom}.")
+    if zoom > 1:
+        image = image.repeat(zoom, axis=0).repeat(zoom, axis=1)
+        labels = labels.repeat(zoom, axis=0).repeat(zoom, axis=1)
     height, width, _ = image.shape
     indices = overlay_slices(labels, slices)
     palette = np.array(((0, 0, 0),) + PALETTE[: num_classes - 1], dtype=np.float32)
@@ -105,6 +115,7 @@ class SaveOverlayd(MapTransform):
         num_classes: number of classes including the background, 2..``len(PALETTE) + 1``.
         output_postfix: appended to the case name.
         slices: number of axial slices side by side.
+        zoom: integer magnification of the slices, or None to make each at least ``MIN_TILE`` pixels wide.
         allow_missing_keys: skip cases without the segmentation key.
 
     Raises:
@@ -124,6 +135,7 @@ class SaveOverlayd(MapTransform):
         num_classes: int = 2,
         output_postfix: str = "overlay",
         slices: int = 3,
+        zoom: int | None = 1,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -139,6 +151,7 @@ class SaveOverlayd(MapTransform):
         self.num_classes = num_classes
         self.output_postfix = output_postfix
         self.slices = slices
+        self.zoom = zoom
         self._unnamed = 0
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -148,7 +161,7 @@ class SaveOverlayd(MapTransform):
             labels = self._labels(d[key], key, image.shape)
             os.makedirs(self.output_dir, exist_ok=True)
             path = os.path.join(self.output_dir, f"{self._case_name(d)}_{self.output_postfix}.png")
-            render_overlay(image, labels, self.num_classes, self.slices).save(path)
+            render_overlay(image, labels, self.num_classes, self.slices, self.zoom).save(path)
             logger.debug(f"overlay written to {path}")
         return d
 
