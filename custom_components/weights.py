@@ -29,7 +29,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from custom_components.files import atomic_write
 from custom_components.networks.vit import MaskedViTEncoder
 
 __all__ = [
@@ -103,18 +103,7 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike) 
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"state dict entry {key!r} is a {type(value).__name__}, only tensors can be saved.")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(dict(state), f))
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -130,22 +130,22 @@ class GLMAETrainer(SupervisedTrainer):
             student = engine.network(global_views, local_views, engine.mask_ratio)
             teacher = engine.teacher(global_views) if loss_fn.needs("teacher") else None
             losses = loss_fn(student, teacher, global_views, local_views, batch_size)
-        loss = losses["loss"]
-        if not torch.isfinite(loss):
-            terms = {k: float(v) for k, v in losses.items()}
+        # one device-to-host transfer for the finiteness check and the logged terms
+        terms = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
+        if not math.isfinite(terms["loss"]):
             raise FloatingPointError(
                 f"GL-MAE loss is not finite at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
                 f"{terms}. Lower learning_rate, check the input intensities, or enable gradient clipping."
             )
-        (loss / acc).backward()
-        total_steps = engine.state.epoch_length * engine.state.max_epochs // acc
-        momentum = cosine_momentum((engine.state.iteration - 1) // acc, total_steps, engine.ema_momentum,
+        (losses["loss"] / acc).backward()
+        last_iteration = engine.state.epoch_length * engine.state.max_epochs
+        momentum = cosine_momentum((engine.state.iteration - 1) // acc, last_iteration // acc, engine.ema_momentum,
                                    engine.ema_momentum_end)
-        if step_in_cycle == acc - 1 or engine.state.iteration == engine.state.epoch_length * engine.state.max_epochs:
+        if step_in_cycle == acc - 1 or engine.state.iteration == last_iteration:
             if engine.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.clip_grad_norm)
             engine.optimizer.step()
             engine.teacher.update(engine.network, momentum)
-        engine.state.output = {k: v.detach().float().item() for k, v in losses.items()}
+        engine.state.output = terms
         engine.state.output["ema_momentum"] = momentum
         return engine.state.output

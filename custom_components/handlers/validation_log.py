@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,8 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from PIL import Image, ImageDraw
+
+from custom_components.files import atomic_write
 
 __all__ = ["ValidationLog", "plot_curve"]
 
@@ -86,20 +87,20 @@ class ValidationLog:
         epoch = engine.state.epoch
         self.rows.append({"epoch": epoch, **metrics})
         best = self.best_row()
-        _write_atomic(self.output_dir / CSV_FILE, self._csv().encode())
+        atomic_write(self.output_dir / CSV_FILE, lambda f: f.write(self._csv().encode()))
         summary = {
             self.key_metric_name: None if best is None else best[self.key_metric_name],
             "epoch": None if best is None else best["epoch"],
             "last": {name: _finite_or_none(value) for name, value in metrics.items()},
             "history_file": CSV_FILE,
         }
-        _write_atomic(self.output_dir / BEST_FILE, (json.dumps(summary, indent=2) + "\n").encode())
+        atomic_write(self.output_dir / BEST_FILE, lambda f: f.write((json.dumps(summary, indent=2) + "\n").encode()))
         if self.plot:
             epochs = [row["epoch"] for row in self.rows]
             values = [row.get(self.key_metric_name, math.nan) for row in self.rows]
             buffer = io.BytesIO()
             plot_curve(epochs, values, title=f"{self.key_metric_name} per validation").save(buffer, format="PNG")
-            _write_atomic(self.output_dir / PLOT_FILE, buffer.getvalue())
+            atomic_write(self.output_dir / PLOT_FILE, lambda f: f.write(buffer.getvalue()))
         best_text = "none yet" if best is None else f"{best[self.key_metric_name]:.4f} at epoch {best['epoch']}"
         logger.info(f"epoch {epoch}: {self.key_metric_name} {metrics[self.key_metric_name]:.4f} (best {best_text})")
 
@@ -203,16 +204,3 @@ def _scalar(value: Any) -> float | None:
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def _write_atomic(path: Path, content: bytes) -> None:
-    """Write ``content`` to a temp file in ``path``'s folder and move it onto ``path`` with ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
