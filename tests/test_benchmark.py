@@ -7,6 +7,8 @@ import json
 import math
 import os
 
+import torch
+
 from conftest import REPO_ROOT, TINY
 
 spec = importlib.util.spec_from_file_location("benchmark", os.path.join(REPO_ROOT, "tools", "benchmark.py"))
@@ -21,6 +23,9 @@ TINY_PRESET = {
         "patch_size": 16, "img_size": 32, "global_size": 48, "local_size": 32, "num_global": 2, "num_local": 2,
         "batch_size": 1, "mask_ratio": 0.75, "step_iterations": 2,
     },
+    "mae": {"vit": {k: TINY[k] for k in ("hidden_size", "mlp_dim", "num_layers", "num_heads")},
+            "decoder": {k: TINY[k] for k in ("decoder_hidden_size", "decoder_num_layers", "decoder_num_heads")},
+            "patch_size": 16, "local_size": 32, "mask_ratio": 0.75, "num_views": 2},
     "data": {"volume_shape": (1, 40, 40, 36), "num_volumes": 2, "batches_per_epoch": 2},
     "inference": {"volume_shape": (1, 1, 32, 32, 16), "roi_size": [16, 16, 16], "feature_size": 8, "sw_batch_size": 2,
                    "hidden_size": 48, "mlp_dim": 96, "num_heads": 4},
@@ -40,6 +45,11 @@ def test_benchmark_tiny(tmp_path, monkeypatch):
     assert {"step", "mae", "data", "inference", "gpu_vit_b_step", "machine"} <= set(details)
     assert details["machine"]["torch"] and details["machine"]["monai"]
     assert details["inference"]["ours_inferer_mode"] == "gaussian"
+    mae = details["mae"]
+    assert mae["tokens_per_view"] == 8 and mae["visible_per_view"] == 2 and mae["fp32_ratio"] > 0
+    # ours runs in the bundle's precision; MONAI's model is tried under the same autocast and falls back with a reason
+    assert mae["ours_precision"] == ("bf16 autocast" if benchmark.bf16_supported(torch.device("cpu")) else "fp32")
+    assert (mae["monai_precision"] == mae["ours_precision"]) == (mae["monai_autocast_error"] is None)
 
 
 def test_step_flops_vit_b():

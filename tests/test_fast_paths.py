@@ -46,3 +46,20 @@ def test_bf16_autocast_loss_is_close_to_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         half = loss(net(g, l), None, g, l, batch_size=1)["loss"]
     assert half.dtype == torch.float32 and torch.allclose(full, half, rtol=5e-2)
+
+
+def test_patch_embedding_as_a_matrix_product_equals_the_convolution():
+    """Every patch, and only the visible ones, embedded by gathering voxels equals the stride-P convolution's output
+    at those positions (two channels, a non-cubic view, per-sample visible sets)."""
+    from custom_components.networks.vit import MaskedViTEncoder, random_masking
+
+    torch.manual_seed(0)
+    enc = MaskedViTEncoder(in_channels=2, img_size=32, hidden_size=48, mlp_dim=96, num_layers=1, num_heads=4)
+    x = torch.rand(3, 2, 32, 48, 64)
+    grid = enc.token_grid(x.shape[2:])
+    with torch.no_grad():
+        conv = enc.patch_embedding.patch_embeddings(x).flatten(2).transpose(1, 2)  # [B, N, D] in token order
+        ids_keep, _, _ = random_masking(3, conv.shape[1], 0.75, "cpu")
+        visible = torch.gather(conv, 1, ids_keep.unsqueeze(-1).expand(-1, -1, conv.shape[-1]))
+        assert torch.allclose(enc.embed_patches(x, grid), conv, atol=1e-5)
+        assert torch.allclose(enc.embed_patches(x, grid, ids_keep), visible, atol=1e-5)

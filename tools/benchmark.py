@@ -4,8 +4,9 @@ Figures (each a median of ``--repeats`` timed runs after warm-up; both sides of 
 
 1. ``step_overhead_ratio``: a real ``GLMAETrainer`` running N pre-made batches, per iteration, against the same
    student/teacher/loss/backward/clip/optimizer/EMA calls in a plain Python loop (no Ignite).
-2. ``mae_vs_monai_ratio``: ``GLMAE.forward_view`` on local views + ``MaskedReconstructionLoss`` + backward against
-   ``monai.networks.nets.MaskedAutoEncoderViT`` of the same sizes + masked-patch MSE + backward.
+2. ``mae_vs_monai_ratio``: ``GLMAE.forward_view`` on 96³ local views + ``MaskedReconstructionLoss`` + backward
+   against ``monai.networks.nets.MaskedAutoEncoderViT`` at the same ViT-B sizes + masked-patch MSE + backward; ours
+   in the bundle's precision (bf16 autocast where native), MONAI's in the best one it runs in, and both in fp32.
 3. ``data_to_step_ratio``: volumes/s of ``GlobalLocalViewsd`` on in-memory volumes through a ``monai.data.DataLoader``
    against volumes/s consumed by the training step of figure 1.
 4. ``inference_vs_monai_ratio``: sliding-window inference with the ``network_def`` and ``inferer`` parsed from
@@ -52,6 +53,7 @@ from custom_components.transforms import GlobalLocalViewsd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INFERENCE_CONFIG = REPO_ROOT / "bundles" / "glmae_btcv_segmentation" / "configs" / "inference.json"
+PRETRAIN_CONFIG = REPO_ROOT / "bundles" / "glmae_pretraining" / "configs" / "train.json"
 
 TARGETS = {
     "step_overhead_ratio": "<= 1.10",
@@ -68,6 +70,12 @@ PAPER_PRETRAIN = {
     "batch_size": 4, "mask_ratio": 0.75, "step_iterations": 10,
 }
 
+# Figure 2 at ViT-B widths and the local-view size in every preset: 96³ views (216 tokens, 54 visible).
+def mae_sizes(num_views: int) -> dict:
+    return {"vit": VIT_B, "decoder": PAPER_PRETRAIN["decoder"], "patch_size": 16, "local_size": 96,
+            "mask_ratio": 0.75, "num_views": num_views}
+
+
 # quick: the CPU sizes of the bundles' quickstart presets; paper: the sizes of train.json / inference.json.
 PRESETS = {
     "quick": {
@@ -78,12 +86,14 @@ PRESETS = {
             "patch_size": 16, "img_size": 32, "global_size": 64, "local_size": 32, "num_global": 2, "num_local": 4,
             "batch_size": 2, "mask_ratio": 0.75, "step_iterations": 10,
         },
+        "mae": mae_sizes(num_views=2),
         "data": {"volume_shape": (1, 96, 96, 80), "num_volumes": 4, "batches_per_epoch": 20},
         "inference": {"volume_shape": (1, 1, 128, 128, 64), "roi_size": [32, 32, 32], "feature_size": 16,
                       "sw_batch_size": 2, "hidden_size": 96, "mlp_dim": 384, "num_heads": 4},
     },
     "paper": {
         "pretrain": PAPER_PRETRAIN,
+        "mae": mae_sizes(num_views=PAPER_PRETRAIN["batch_size"] * PAPER_PRETRAIN["num_local"]),
         "data": {"volume_shape": (1, 256, 256, 192), "num_volumes": 4, "batches_per_epoch": 10},
         "inference": {"volume_shape": (1, 1, 512, 512, 200), "roi_size": [96, 96, 96], "feature_size": 48,
                       "sw_batch_size": 4, **{k: VIT_B[k] for k in ("hidden_size", "mlp_dim", "num_heads")}},
@@ -101,22 +111,38 @@ def _autocast(device: torch.device, enabled: bool, dtype: torch.dtype = torch.bf
     return torch.autocast(device_type=device.type, dtype=dtype) if enabled else nullcontext()
 
 
-def _compare(ours: Callable[[], object], baseline: Callable[[], object], repeats: int, warmup: int,
-             device: torch.device) -> tuple[list[float], list[float]]:
-    """Time ``ours`` and ``baseline`` alternately (``warmup`` untimed calls each first); wall seconds per call."""
+def _time_round_robin(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                      device: torch.device) -> dict[str, list[float]]:
+    """Time each callable ``repeats`` times (after ``warmup`` untimed calls each), in turn and in an order that
+    rotates every round so no side always runs first; wall seconds per call."""
     for _ in range(warmup):
-        ours()
-        baseline()
-    times_ours, times_base = [], []
+        for fn in fns.values():
+            fn()
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        pair = ((ours, times_ours), (baseline, times_base))
-        for fn, times in pair if r % 2 == 0 else pair[::-1]:
+        for name in names[r % len(names):] + names[:r % len(names)]:
             _sync(device)
             start = time.perf_counter()
-            fn()
+            fns[name]()
             _sync(device)
-            times.append(time.perf_counter() - start)
-    return times_ours, times_base
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _compare(ours: Callable[[], object], baseline: Callable[[], object], repeats: int, warmup: int,
+             device: torch.device) -> tuple[list[float], list[float]]:
+    """Time ``ours`` and ``baseline`` alternately; wall seconds per call of each."""
+    times = _time_round_robin({"ours": ours, "baseline": baseline}, repeats, warmup, device)
+    return times["ours"], times["baseline"]
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast runs at native speed here: a CUDA device with bf16, or a CPU with AVX512-BF16/AMX
+    (oneDNN's check); elsewhere the bundle's ``amp`` would emulate bf16 and be slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class PeakMemory:
@@ -224,13 +250,18 @@ def measure_step_overhead(cfg: dict, device: torch.device, repeats: int) -> dict
 
 
 def measure_mae_vs_monai(cfg: dict, device: torch.device, repeats: int) -> dict:
-    """Figure 2: our masked local-view MAE (forward_view + MaskedReconstructionLoss + backward) / MONAI's
-    ``MaskedAutoEncoderViT`` at the same sizes + masked-patch MSE + backward. MONAI's 3D sin-cos decoder embedding
-    needs a width divisible by 6, so a 512-wide decoder gets a learnable one (same compute)."""
-    amp = device.type == "cuda"
+    """Figure 2: our masked local-view MAE (``GLMAE.forward_view`` + ``MaskedReconstructionLoss`` + backward) /
+    ``monai.networks.nets.MaskedAutoEncoderViT`` of the same sizes (ViT-B widths, same views, same masked token count)
+    + masked-patch MSE + backward.
+
+    Ours runs as the pre-training bundle trains (train.json ``amp``: bf16 autocast) where the device runs bf16
+    natively. MONAI's model is tried under the same autocast first; MONAI 1.6 fails there (its ``index_put`` of bf16
+    tokens into the fp32 mask-token tensor), so it runs in fp32 and the error is recorded. ``fp32_ratio`` is the
+    like-for-like figure with both in fp32. MONAI's 3D sin-cos decoder embedding needs a width divisible by 6, so a
+    512-wide decoder gets a learnable one (same compute)."""
     patch, size, ratio = cfg["patch_size"], cfg["local_size"], cfg["mask_ratio"]
-    views = torch.rand(cfg["batch_size"] * cfg["num_local"], 1, size, size, size, device=device)
-    ours = GLMAE(img_size=size, patch_size=patch, **cfg["vit"], **cfg["decoder"], **cfg["head"]).to(device).train()
+    views = torch.rand(cfg["num_views"], 1, size, size, size, device=device)
+    ours = GLMAE(img_size=size, patch_size=patch, **cfg["vit"], **cfg["decoder"]).to(device).train()
     reconstruction = MaskedReconstructionLoss(patch)
     dec = cfg["decoder"]
     monai_mae = MaskedAutoEncoderViT(
@@ -239,26 +270,46 @@ def measure_mae_vs_monai(cfg: dict, device: torch.device, repeats: int) -> dict:
         decoder_num_layers=dec["decoder_num_layers"], decoder_num_heads=dec["decoder_num_heads"], qkv_bias=True,
         decoder_pos_embed_type="sincos" if dec["decoder_hidden_size"] % 6 == 0 else "learnable",
     ).to(device).train()
+    amp = bool(ConfigParser.load_config_file(str(PRETRAIN_CONFIG))["amp"]) and bf16_supported(device)
 
-    def step_ours() -> None:
-        ours.zero_grad(set_to_none=True)
-        with _autocast(device, amp):
-            out = ours.forward_view(views, ratio)
-            loss = reconstruction(out["pred"], views, out["mask"])
-        loss.backward()
+    def step_ours(autocast: bool) -> Callable[[], None]:
+        def step() -> None:
+            ours.zero_grad(set_to_none=True)
+            with _autocast(device, autocast):
+                out = ours.forward_view(views, ratio)
+                loss = reconstruction(out["pred"], views, out["mask"])
+            loss.backward()
+        return step
 
-    def step_monai() -> None:
-        monai_mae.zero_grad(set_to_none=True)
-        with _autocast(device, amp):
-            pred, mask = monai_mae(views)
-            per_patch = (pred.float() - patchify(views, patch)).pow(2).mean(dim=-1)
-            loss = (per_patch * mask).sum() / mask.sum()
-        loss.backward()
+    def step_monai(autocast: bool) -> Callable[[], None]:
+        def step() -> None:
+            monai_mae.zero_grad(set_to_none=True)
+            with _autocast(device, autocast):
+                pred, mask = monai_mae(views)
+                per_patch = (pred.float() - patchify(views, patch)).pow(2).mean(dim=-1)
+                loss = (per_patch * mask).sum() / mask.sum()
+            loss.backward()
+        return step
 
-    times_ours, times_monai = _compare(step_ours, step_monai, repeats * 3, warmup=2, device=device)
-    ours_s, monai_s = statistics.median(times_ours), statistics.median(times_monai)
-    return {"ratio": ours_s / monai_s, "ours_s": ours_s, "monai_s": monai_s, "views": tuple(views.shape),
-            "amp_bf16": amp}
+    monai_amp, monai_error = amp, None
+    if amp:
+        try:
+            step_monai(True)()
+        except RuntimeError as err:  # MONAI 1.6: "Index put requires the source and destination dtypes match"
+            monai_amp, monai_error = False, str(err).splitlines()[0]
+    fns = {"ours": step_ours(amp), "monai": step_monai(monai_amp)}
+    if amp:
+        fns["ours_fp32"] = step_ours(False)
+        if monai_amp:
+            fns["monai_fp32"] = step_monai(False)
+    times = {k: statistics.median(v) for k, v in _time_round_robin(fns, repeats, warmup=2, device=device).items()}
+    fp32 = times.get("ours_fp32", times["ours"]) / times.get("monai_fp32", times["monai"])
+    return {"ratio": times["ours"] / times["monai"], "ours_s": times["ours"], "monai_s": times["monai"],
+            "fp32_ratio": fp32, "ours_fp32_s": times.get("ours_fp32", times["ours"]),
+            "ours_precision": "bf16 autocast" if amp else "fp32", "monai_precision": "bf16 autocast" if monai_amp
+            else "fp32", "monai_autocast_error": monai_error, "views": tuple(views.shape),
+            "tokens_per_view": (size // patch) ** 3, "visible_per_view": max(1, int((size // patch) ** 3 * (1 - ratio))),
+            "sizes": cfg}
 
 
 def measure_data_pipeline(cfg: dict, data_cfg: dict, step_volumes_per_s: float, num_workers: int,
@@ -388,7 +439,8 @@ def print_table(results: dict) -> None:
     rows = [
         ("step_overhead_ratio", f"{d['step']['trainer_step_s'] * 1e3:.1f} ms/step",
          f"{d['step']['plain_loop_step_s'] * 1e3:.1f} ms/step (plain loop)"),
-        ("mae_vs_monai_ratio", f"{d['mae']['ours_s'] * 1e3:.1f} ms", f"{d['mae']['monai_s'] * 1e3:.1f} ms (MONAI MAE)"),
+        ("mae_vs_monai_ratio", f"{d['mae']['ours_s'] * 1e3:.0f} ms {d['mae']['ours_precision']}",
+         f"{d['mae']['monai_s'] * 1e3:.0f} ms {d['mae']['monai_precision']} (MONAI MAE)"),
         ("data_to_step_ratio", f"{d['data']['pipeline_volumes_per_s']:.1f} vol/s",
          f"{d['data']['step_volumes_per_s']:.1f} vol/s (step)"),
         ("inference_vs_monai_ratio", f"{inf['ours_s']:.2f} s, {inf['ours_peak_memory_mb']:.0f} MB",
@@ -397,6 +449,11 @@ def print_table(results: dict) -> None:
     print(f"{'figure':<26}{'ours':<24}{'baseline':<40}{'ratio':>8}  target")
     for name, ours, base in rows:
         print(f"{name:<26}{ours:<24}{base:<40}{results[name]:>8.3f}  {TARGETS[name]}")
+    print(f"MAE like for like (both fp32): {d['mae']['ours_fp32_s'] * 1e3:.0f} ms / {d['mae']['monai_s'] * 1e3:.0f} ms"
+          f" = {d['mae']['fp32_ratio']:.3f}" if d["mae"]["monai_precision"] == "fp32" else
+          f"MAE like for like (both fp32): ratio {d['mae']['fp32_ratio']:.3f}")
+    if d["mae"]["monai_autocast_error"]:
+        print(f"MONAI MaskedAutoEncoderViT under bf16 autocast: {d['mae']['monai_autocast_error']}")
     gpu = d["gpu_vit_b_step"]
     if "skipped" in gpu:
         print(f"ViT-B step (GPU): skipped, {gpu['skipped']}")
@@ -411,9 +468,9 @@ def run_benchmark(device: torch.device, preset: str, repeats: int, num_workers: 
     step = measure_step_overhead(cfg["pretrain"], device, repeats)
     details = {
         "preset": preset, "repeats": repeats, "machine": machine_info(device),
-        "sizes": {k: cfg[k] for k in ("pretrain", "inference")},
+        "sizes": {k: cfg[k] for k in ("pretrain", "mae", "inference")},
         "step": step,
-        "mae": measure_mae_vs_monai(cfg["pretrain"], device, repeats),
+        "mae": measure_mae_vs_monai(cfg["mae"], device, repeats),
         "data": measure_data_pipeline(cfg["pretrain"], cfg["data"], step["volumes_per_s"], num_workers, repeats),
         "inference": measure_inference(cfg["inference"], device, repeats),
         "gpu_vit_b_step": (measure_gpu_vit_b_step(device, peak_tflops, repeats) if device.type == "cuda"
