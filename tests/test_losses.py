@@ -74,9 +74,12 @@ def test_glmae_loss_terms_weights_and_teacher_gets_no_gradient():
 def test_glmae_loss_zero_weight_skips_term():
     loss_fn = GLMAELoss(patch_size=16, head_out_dim=32, loss_weights={"rec_global": 0, "g2g": 0, "g2l": 0})
     assert not loss_fn.needs("global") and not loss_fn.needs("teacher") and loss_fn.needs("local")
+    assert not loss_fn.needs("local_embedding") and not loss_fn.needs("global_embedding")
     net = GLMAE(img_size=32, **TINY)
     l = torch.rand(2, 1, 32, 32, 32)
-    out = loss_fn(net(None, l), None, None, l, batch_size=1)
+    student = net(None, l, embed=())
+    assert "local_embedding" not in student and "local_pred" in student  # the projection head is skipped
+    out = loss_fn(student, None, None, l, batch_size=1)
     assert out["loss_g2g"].item() == 0 and math.isclose(out["loss"].item(), out["loss_rec_local"].item())
 
 

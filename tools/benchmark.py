@@ -276,7 +276,7 @@ def measure_mae_vs_monai(cfg: dict, device: torch.device, repeats: int) -> dict:
         def step() -> None:
             ours.zero_grad(set_to_none=True)
             with _autocast(device, autocast):
-                out = ours.forward_view(views, ratio)
+                out = ours.forward_view(views, ratio, embed=False)
                 loss = reconstruction(out["pred"], views, out["mask"])
             loss.backward()
         return step

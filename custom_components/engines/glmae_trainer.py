@@ -127,7 +127,8 @@ class GLMAETrainer(SupervisedTrainer):
         autocast = torch.autocast(device_type=torch.device(engine.state.device).type, dtype=torch.bfloat16,
                                   enabled=engine.use_amp)
         with autocast:
-            student = engine.network(global_views, local_views, engine.mask_ratio)
+            embed = [kind for kind in ("global", "local") if loss_fn.needs(f"{kind}_embedding")]
+            student = engine.network(global_views, local_views, engine.mask_ratio, embed)
             teacher = engine.teacher(global_views) if loss_fn.needs("teacher") else None
             losses = loss_fn(student, teacher, global_views, local_views, batch_size)
         # one device-to-host transfer for the finiteness check and the logged terms

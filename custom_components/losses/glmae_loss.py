@@ -63,12 +63,15 @@ class GLMAELoss(nn.Module):
             raise ValueError(f"consistency must be 'dino' or 'byol', got {consistency!r}.")
 
     def needs(self, kind: str) -> bool:
-        """Whether ``kind`` ("global", "local" or "teacher") is used by any positively weighted term."""
+        """Whether ``kind`` ("global", "local", "teacher", "global_embedding" or "local_embedding") is used by any
+        positively weighted term."""
         w = self.weights
         return {
             "global": w["rec_global"] > 0 or w["g2g"] > 0,
             "local": w["rec_local"] > 0 or w["g2l"] > 0,
             "teacher": w["g2g"] > 0 or w["g2l"] > 0,
+            "global_embedding": w["g2g"] > 0,
+            "local_embedding": w["g2l"] > 0,
         }[kind]
 
     def forward(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 import torch.nn as nn
@@ -80,26 +80,31 @@ class GLMAE(nn.Module):
             self.head = MLPHead(hidden_size, head_out_dim, head_hidden_dim)
             self.predictor = MLPHead(head_out_dim, head_out_dim, head_hidden_dim)
 
-    def forward_view(self, views: torch.Tensor, mask_ratio: float) -> dict[str, torch.Tensor]:
-        """Mask, encode, reconstruct and project one kind of view ``[B, C, H, W, D]``.
+    def forward_view(self, views: torch.Tensor, mask_ratio: float, embed: bool = True) -> dict[str, torch.Tensor]:
+        """Mask, encode, reconstruct and (when ``embed``) project one kind of view ``[B, C, H, W, D]``.
 
-        Returns ``pred [B, N, P³C]``, ``mask [B, N]`` and ``embedding [B, head_out_dim]`` (from the CLS token).
+        Returns ``pred [B, N, P³C]``, ``mask [B, N]`` and, when ``embed``, ``embedding [B, head_out_dim]`` (from the
+        CLS token).
         """
         latent, mask, ids_restore = self.encoder(views, mask_ratio)
-        pred = self.decoder(latent, ids_restore, self.encoder.token_grid(views.shape[2:]))
-        embedding = self.predictor(self.head(latent[:, 0]))
-        return {"pred": pred, "mask": mask, "embedding": embedding}
+        out = {"pred": self.decoder(latent, ids_restore, self.encoder.token_grid(views.shape[2:])), "mask": mask}
+        if embed:
+            out["embedding"] = self.predictor(self.head(latent[:, 0]))
+        return out
 
     def forward(self, global_views: torch.Tensor | None, local_views: torch.Tensor | None,
-                mask_ratio: float = 0.75) -> dict[str, torch.Tensor]:
+                mask_ratio: float = 0.75, embed: Collection[str] = ("global", "local")) -> dict[str, torch.Tensor]:
         """Student pass over masked global and local views; either may be None (ablations without that kind).
 
-        Returns keys ``{global,local}_{pred,mask,embedding}`` for the kinds given.
+        ``embed`` names the kinds whose CLS token goes through the projection head (the kinds a consistency term
+        uses); the others skip the head.
+
+        Returns keys ``{global,local}_{pred,mask}`` and ``{kind}_embedding`` for the kinds given and embedded.
         """
         out: dict[str, torch.Tensor] = {}
         for kind, views in (("global", global_views), ("local", local_views)):
             if views is not None:
-                out.update({f"{kind}_{k}": v for k, v in self.forward_view(views, mask_ratio).items()})
+                out.update({f"{kind}_{k}": v for k, v in self.forward_view(views, mask_ratio, kind in embed).items()})
         return out
 
 
