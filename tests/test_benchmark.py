@@ -7,9 +7,10 @@ import json
 import math
 import os
 
-import torch
 
 from conftest import REPO_ROOT, TINY
+
+from custom_components.precision import native_bf16
 
 spec = importlib.util.spec_from_file_location("benchmark", os.path.join(REPO_ROOT, "tools", "benchmark.py"))
 benchmark = importlib.util.module_from_spec(spec)
@@ -48,7 +49,7 @@ def test_benchmark_tiny(tmp_path, monkeypatch):
     mae = details["mae"]
     assert mae["tokens_per_view"] == 8 and mae["visible_per_view"] == 2 and mae["fp32_ratio"] > 0
     # ours runs in the bundle's precision; MONAI's model is tried under the same autocast and falls back with a reason
-    assert mae["ours_precision"] == ("bf16 autocast" if benchmark.bf16_supported(torch.device("cpu")) else "fp32")
+    assert mae["ours_precision"] == ("bf16 autocast" if native_bf16("cpu") else "fp32")
     assert (mae["monai_precision"] == mae["ours_precision"]) == (mae["monai_autocast_error"] is None)
 
 

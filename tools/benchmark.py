@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -49,6 +50,7 @@ from custom_components.engines import GLMAETrainer, param_groups_weight_decay
 from custom_components.losses import GLMAELoss
 from custom_components.losses.reconstruction import MaskedReconstructionLoss, patchify
 from custom_components.networks import GLMAE, EMATeacher
+from custom_components.precision import native_bf16
 from custom_components.transforms import GlobalLocalViewsd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -135,14 +137,6 @@ def _compare(ours: Callable[[], object], baseline: Callable[[], object], repeats
     """Time ``ours`` and ``baseline`` alternately; wall seconds per call of each."""
     times = _time_round_robin({"ours": ours, "baseline": baseline}, repeats, warmup, device)
     return times["ours"], times["baseline"]
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 autocast runs at native speed here: a CUDA device with bf16, or a CPU with AVX512-BF16/AMX
-    (oneDNN's check); elsewhere the bundle's ``amp`` would emulate bf16 and be slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class PeakMemory:
@@ -270,7 +264,7 @@ def measure_mae_vs_monai(cfg: dict, device: torch.device, repeats: int) -> dict:
         decoder_num_layers=dec["decoder_num_layers"], decoder_num_heads=dec["decoder_num_heads"], qkv_bias=True,
         decoder_pos_embed_type="sincos" if dec["decoder_hidden_size"] % 6 == 0 else "learnable",
     ).to(device).train()
-    amp = bool(ConfigParser.load_config_file(str(PRETRAIN_CONFIG))["amp"]) and bf16_supported(device)
+    amp = bool(ConfigParser.load_config_file(str(PRETRAIN_CONFIG))["amp"]) and native_bf16(device)
 
     def step_ours(autocast: bool) -> Callable[[], None]:
         def step() -> None:
@@ -342,15 +336,19 @@ def measure_data_pipeline(cfg: dict, data_cfg: dict, step_volumes_per_s: float, 
 
 def measure_inference(inf_cfg: dict, device: torch.device, repeats: int) -> dict:
     """Figure 4: sliding-window inference with inference.json's ``network_def`` and ``inferer`` (size overrides of
-    the preset; fp16 autocast on GPU when its ``amp`` is true, as ``SupervisedEvaluator`` does) / a plain MONAI
-    ``UNETR`` of the same sizes and weights with ``SlidingWindowInferer(roi, sw_batch_size, overlap=0.5)``."""
+    the preset) in the config's precision (its ``amp``: fp16 autocast on GPU as ``SupervisedEvaluator`` does, bf16
+    autocast by the inferer on a native-bf16 CPU) / a plain MONAI ``UNETR`` of the same sizes and weights with
+    ``SlidingWindowInferer(roi, sw_batch_size, overlap=0.5)`` in fp32. On GPU also the peak memory of ours at
+    ``sw_batch_size`` 1, the preset's and twice it (on CPU the process RSS is too coarse to separate them)."""
     parser = ConfigParser()
     parser.read_config(str(INFERENCE_CONFIG))
     parser.update({k: inf_cfg[k] for k in ("roi_size", "feature_size", "sw_batch_size", "hidden_size", "mlp_dim",
                                             "num_heads")})
     ours_net = parser.get_parsed_content("network_def").to(device).eval()
     ours_inferer = parser.get_parsed_content("inferer")
-    amp = bool(parser.get_parsed_content("amp")) and device.type == "cuda"
+    config_amp = bool(parser.get_parsed_content("amp"))
+    amp = config_amp and device.type == "cuda"
+    precision = ("fp16 autocast" if amp else "bf16 autocast" if config_amp and native_bf16(device) else "fp32")
     base_net = UNETR(in_channels=1, out_channels=parser["num_classes"], img_size=inf_cfg["roi_size"],
                      feature_size=inf_cfg["feature_size"], hidden_size=inf_cfg["hidden_size"],
                      mlp_dim=inf_cfg["mlp_dim"], num_heads=inf_cfg["num_heads"], proj_type="conv",
@@ -370,12 +368,24 @@ def measure_inference(inf_cfg: dict, device: torch.device, repeats: int) -> dict
     times_ours, times_base = _compare(run("ours", ours_net, ours_inferer, amp),
                                       run("monai", base_net, base_inferer, False), repeats, warmup=1, device=device)
     ours_s, base_s = statistics.median(times_ours), statistics.median(times_base)
+    # memory bounded by sw_batch_size: the volume-sized output buffer plus activations of sw_batch_size windows
+    by_sw_batch: dict = {"skipped": "needs --device cuda"}
+    if device.type == "cuda":
+        by_sw_batch = {}
+        for sw_batch_size in sorted({1, inf_cfg["sw_batch_size"], 2 * inf_cfg["sw_batch_size"]}):
+            parser["sw_batch_size"] = sw_batch_size
+            name = f"ours_sw{sw_batch_size}"
+            run(name, ours_net, parser.get_parsed_content("inferer", lazy=False), amp)()
+            by_sw_batch[sw_batch_size] = memory[name] / 2**20
+    voxels = math.prod(inf_cfg["volume_shape"][2:])
     return {"ratio": ours_s / base_s, "ours_s": ours_s, "monai_s": base_s,
+            "ours_peak_memory_mb_by_sw_batch_size": by_sw_batch,
+            "output_buffer_mb": parser["num_classes"] * voxels * 4 / 2**20,
             "ours_peak_memory_mb": memory["ours"] / 2**20, "monai_peak_memory_mb": memory["monai"] / 2**20,
             "memory_measure": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process RSS delta",
             "volume_shape": inf_cfg["volume_shape"], "roi_size": inf_cfg["roi_size"],
             "sw_batch_size": inf_cfg["sw_batch_size"], "feature_size": inf_cfg["feature_size"],
-            "ours_inferer_mode": ours_inferer.mode, "ours_amp_fp16": amp}
+            "ours_inferer_mode": ours_inferer.mode, "ours_precision": precision, "monai_precision": "fp32"}
 
 
 def glmae_step_flops(cfg: dict) -> float:

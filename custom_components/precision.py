@@ -1,0 +1,18 @@
+"""Which reduced precision a device runs natively."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["native_bf16"]
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bf16 at native speed: a CUDA device with bf16, or a CPU with AVX512-BF16 / AMX
+    (oneDNN's own check). Elsewhere bf16 autocast is emulated and slower than fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
