@@ -7,7 +7,6 @@ import json
 import math
 import os
 
-
 from conftest import REPO_ROOT, TINY
 
 from custom_components.precision import native_bf16
