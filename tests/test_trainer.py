@@ -104,6 +104,16 @@ def test_trainer_bf16_autocast_on_cpu_runs():
     assert np.isfinite(trainer.state.output["loss"])
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_warns_where_bf16_is_emulated(monkeypatch, caplog, native):
+    import custom_components.engines.glmae_trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda device: native)
+    with caplog.at_level("WARNING"):
+        make_trainer(max_epochs=1, amp=True)
+    assert ("bf16 autocast is emulated on cpu" in caplog.text) != native
+
+
 def test_non_finite_loss_stops_with_clear_error():
     trainer, net, _ = make_trainer(max_epochs=1)
     with torch.no_grad():

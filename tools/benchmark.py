@@ -13,6 +13,8 @@ Figures (each a median of ``--repeats`` timed runs after warm-up; both sides of 
    ``bundles/glmae_btcv_segmentation/configs/inference.json`` against a plain ``UNETR`` + ``SlidingWindowInferer``.
 5. GPU only: samples/s, peak memory and MFU of the ViT-B/16 step at the paper sizes with bf16 autocast.
 
+With ``--compile`` also: the step of figure 1 with ``torch.compile`` against eager, and the compile time.
+
 Example (from the repository root)::
 
     python tools/benchmark.py --device cpu --preset quick --out results.json
@@ -27,7 +29,6 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -140,43 +141,24 @@ def _compare(ours: Callable[[], object], baseline: Callable[[], object], repeats
 
 
 class PeakMemory:
-    """Peak memory above the level at entry: ``torch.cuda.max_memory_allocated`` on GPU; on CPU the process RSS,
-    polled every millisecond from ``/proc/self/statm`` by a background thread (tensors bypass ``tracemalloc``)."""
+    """Peak ``torch.cuda.max_memory_allocated`` above the level at entry; ``peak_bytes`` stays None on CPU, where the
+    process RSS is no measure (freed tensors stay in the allocator's arenas, so later runs show no growth)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.peak_bytes = 0
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._max = max(self._max, self._rss())
-            time.sleep(0.001)
+        self.peak_bytes: int | None = None
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
-        else:
-            self._start = self._max = self._rss()
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-            self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._start
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_bytes = max(self._max, self._rss()) - self._start
 
 
 # ------------------------------------------------------------------------------------------ pre-training step pieces
@@ -198,13 +180,13 @@ def make_batches(cfg: dict, num_batches: int, device: torch.device) -> list[dict
             for _ in range(num_batches)]
 
 
-def make_trainer(cfg: dict, device: torch.device, amp: bool) -> GLMAETrainer:
+def make_trainer(cfg: dict, device: torch.device, amp: bool, compile: bool = False) -> GLMAETrainer:
     """A ``GLMAETrainer`` (clip 3.0, mask ratio, EMA as in train.json) over ``step_iterations`` in-memory batches."""
     network, teacher, loss, optimizer = build_pretraining(cfg, device)
     batches = make_batches(cfg, cfg["step_iterations"], device)
     return GLMAETrainer(device=device, max_epochs=1, train_data_loader=batches, network=network, teacher=teacher,
                         optimizer=optimizer, loss_function=loss, mask_ratio=cfg["mask_ratio"], clip_grad_norm=3.0,
-                        amp=amp, epoch_length=len(batches))
+                        amp=amp, epoch_length=len(batches), compile=compile)
 
 
 def plain_step_loop(cfg: dict, device: torch.device, amp: bool) -> Callable[[], None]:
@@ -362,7 +344,8 @@ def measure_inference(inf_cfg: dict, device: torch.device, repeats: int) -> dict
         def infer() -> None:
             with torch.inference_mode(), _autocast(device, autocast, torch.float16), PeakMemory(device) as peak:
                 inferer(volume, net)
-            memory[name] = max(memory.get(name, 0), peak.peak_bytes)
+            if peak.peak_bytes is not None:
+                memory[name] = max(memory.get(name, 0), peak.peak_bytes / 2**20)
         return infer
 
     times_ours, times_base = _compare(run("ours", ours_net, ours_inferer, amp),
@@ -376,13 +359,13 @@ def measure_inference(inf_cfg: dict, device: torch.device, repeats: int) -> dict
             parser["sw_batch_size"] = sw_batch_size
             name = f"ours_sw{sw_batch_size}"
             run(name, ours_net, parser.get_parsed_content("inferer", lazy=False), amp)()
-            by_sw_batch[sw_batch_size] = memory[name] / 2**20
+            by_sw_batch[sw_batch_size] = memory[name]
     voxels = math.prod(inf_cfg["volume_shape"][2:])
     return {"ratio": ours_s / base_s, "ours_s": ours_s, "monai_s": base_s,
             "ours_peak_memory_mb_by_sw_batch_size": by_sw_batch,
             "output_buffer_mb": parser["num_classes"] * voxels * 4 / 2**20,
-            "ours_peak_memory_mb": memory["ours"] / 2**20, "monai_peak_memory_mb": memory["monai"] / 2**20,
-            "memory_measure": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process RSS delta",
+            "ours_peak_memory_mb": memory.get("ours"), "monai_peak_memory_mb": memory.get("monai"),
+            "memory_measure": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "not measured on CPU",
             "volume_shape": inf_cfg["volume_shape"], "roi_size": inf_cfg["roi_size"],
             "sw_batch_size": inf_cfg["sw_batch_size"], "feature_size": inf_cfg["feature_size"],
             "ours_inferer_mode": ours_inferer.mode, "ours_precision": precision, "monai_precision": "fp32"}
@@ -414,6 +397,23 @@ def glmae_step_flops(cfg: dict) -> float:
     return 3 * student + teacher
 
 
+def measure_compile(cfg: dict, device: torch.device, repeats: int) -> dict:
+    """Optional (``--compile``): seconds per ``GLMAETrainer`` iteration with ``compile=True`` (``torch.compile`` of
+    the student, as the bundle's ``compile`` knob does) / eager, and the one-off compile time (first run)."""
+    amp = device.type == "cuda"
+    compiled, eager = make_trainer(cfg, device, amp, compile=True), make_trainer(cfg, device, amp)
+    _sync(device)
+    start = time.perf_counter()
+    compiled.run()
+    _sync(device)
+    first_run_s = time.perf_counter() - start
+    times_compiled, times_eager = _compare(compiled.run, eager.run, repeats, warmup=1, device=device)
+    n = cfg["step_iterations"]
+    compiled_s, eager_s = statistics.median(times_compiled) / n, statistics.median(times_eager) / n
+    return {"ratio": compiled_s / eager_s, "compiled_step_s": compiled_s, "eager_step_s": eager_s,
+            "first_run_s": first_run_s, "amp_bf16": amp}
+
+
 def measure_gpu_vit_b_step(device: torch.device, peak_tflops: float, repeats: int) -> dict:
     """Figure 5 (GPU): samples/s, peak memory and MFU of a ``GLMAETrainer`` step at the paper sizes, bf16."""
     cfg = PAPER_PRETRAIN
@@ -442,6 +442,10 @@ def machine_info(device: torch.device) -> dict:
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
+def _mb(value: float | None) -> str:
+    return "" if value is None else f", {value:.0f} MB"
+
+
 def print_table(results: dict) -> None:
     """Print figure, ours, baseline, ratio and target as a fixed-width table."""
     d = results["details"]
@@ -453,17 +457,21 @@ def print_table(results: dict) -> None:
          f"{d['mae']['monai_s'] * 1e3:.0f} ms {d['mae']['monai_precision']} (MONAI MAE)"),
         ("data_to_step_ratio", f"{d['data']['pipeline_volumes_per_s']:.1f} vol/s",
          f"{d['data']['step_volumes_per_s']:.1f} vol/s (step)"),
-        ("inference_vs_monai_ratio", f"{inf['ours_s']:.2f} s, {inf['ours_peak_memory_mb']:.0f} MB",
-         f"{inf['monai_s']:.2f} s, {inf['monai_peak_memory_mb']:.0f} MB (MONAI)"),
+        ("inference_vs_monai_ratio", f"{inf['ours_s']:.2f} s {inf['ours_precision']}" + _mb(inf["ours_peak_memory_mb"]),
+         f"{inf['monai_s']:.2f} s fp32" + _mb(inf["monai_peak_memory_mb"]) + " (MONAI)"),
     ]
-    print(f"{'figure':<26}{'ours':<24}{'baseline':<40}{'ratio':>8}  target")
+    print(f"{'figure':<26}{'ours':<30}{'baseline':<40}{'ratio':>8}  target")
     for name, ours, base in rows:
-        print(f"{name:<26}{ours:<24}{base:<40}{results[name]:>8.3f}  {TARGETS[name]}")
+        print(f"{name:<26}{ours:<30}{base:<40}{results[name]:>8.3f}  {TARGETS[name]}")
     print(f"MAE like for like (both fp32): {d['mae']['ours_fp32_s'] * 1e3:.0f} ms / {d['mae']['monai_s'] * 1e3:.0f} ms"
           f" = {d['mae']['fp32_ratio']:.3f}" if d["mae"]["monai_precision"] == "fp32" else
           f"MAE like for like (both fp32): ratio {d['mae']['fp32_ratio']:.3f}")
     if d["mae"]["monai_autocast_error"]:
         print(f"MONAI MaskedAutoEncoderViT under bf16 autocast: {d['mae']['monai_autocast_error']}")
+    if "compile" in d:
+        c = d["compile"]
+        print(f"torch.compile step: {c['compiled_step_s'] * 1e3:.1f} ms vs eager {c['eager_step_s'] * 1e3:.1f} ms = "
+              f"{c['ratio']:.3f} (first run, compiling: {c['first_run_s']:.0f} s)")
     gpu = d["gpu_vit_b_step"]
     if "skipped" in gpu:
         print(f"ViT-B step (GPU): skipped, {gpu['skipped']}")
@@ -472,7 +480,8 @@ def print_table(results: dict) -> None:
               f"{gpu['achieved_tflops']:.0f} TFLOP/s, MFU {gpu['mfu']:.1%} of {gpu['peak_tflops']:g} TFLOP/s")
 
 
-def run_benchmark(device: torch.device, preset: str, repeats: int, num_workers: int, peak_tflops: float) -> dict:
+def run_benchmark(device: torch.device, preset: str, repeats: int, num_workers: int, peak_tflops: float,
+                  compile: bool = False) -> dict:
     """Run every figure and return the results dict written as JSON."""
     cfg = PRESETS[preset]
     step = measure_step_overhead(cfg["pretrain"], device, repeats)
@@ -486,6 +495,8 @@ def run_benchmark(device: torch.device, preset: str, repeats: int, num_workers: 
         "gpu_vit_b_step": (measure_gpu_vit_b_step(device, peak_tflops, repeats) if device.type == "cuda"
                            else {"skipped": "needs --device cuda"}),
     }
+    if compile:
+        details["compile"] = measure_compile(cfg["pretrain"], device, repeats)
     return {"step_overhead_ratio": step["ratio"], "mae_vs_monai_ratio": details["mae"]["ratio"],
             "data_to_step_ratio": details["data"]["ratio"], "inference_vs_monai_ratio": details["inference"]["ratio"],
             "targets": TARGETS, "details": details}
@@ -502,6 +513,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="DataLoader workers of the data pipeline (train.json uses 4)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak for MFU (H100 bf16 dense)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the step with torch.compile against eager (compiling takes minutes)")
     parser.add_argument("--out", default="results.json", help="JSON output file")
     return parser.parse_args(argv)
 
@@ -512,7 +525,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--device cuda was asked for but CUDA is not available.")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    results = run_benchmark(torch.device(args.device), args.preset, args.repeats, args.num_workers, args.peak_tflops)
+    results = run_benchmark(torch.device(args.device), args.preset, args.repeats, args.num_workers, args.peak_tflops,
+                            args.compile)
     print_table(results)
     Path(args.out).write_text(json.dumps(results, indent=2, default=list))
     print(f"wrote {args.out}")

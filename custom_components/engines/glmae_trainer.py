@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from custom_components.losses.glmae_loss import GLMAELoss
 from custom_components.networks.glmae import EMATeacher
+from custom_components.precision import native_bf16
 
 __all__ = ["GLMAETrainer", "cosine_momentum"]
 
@@ -98,6 +99,9 @@ class GLMAETrainer(SupervisedTrainer):
         self.ema_momentum_end = ema_momentum_end
         self.clip_grad_norm = clip_grad_norm
         self.use_amp = amp
+        if amp and not native_bf16(device):
+            self.logger.warning(f"amp: bf16 autocast is emulated on {device} (no native bf16: a CPU without AVX512-BF16 "
+                                f"or AMX, or an older GPU) and is likely slower than fp32; set amp to false there.")
         self.accumulation_steps = accumulation_steps
         self.global_key = global_key
         self.local_key = local_key
