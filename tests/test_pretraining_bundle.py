@@ -128,3 +128,31 @@ def test_same_seed_gives_the_same_first_losses(tmp_path):
     trainer = different.parser.get_parsed_content("train#trainer")
     different.run()
     assert trainer.state.output["loss"] != first[1]["loss"]
+
+
+def test_crops_on_device_overlay_trains_the_same_as_the_default_pipeline(tmp_path):
+    """configs/crops_on_device.json (volumes cached on the device, views cut there, ThreadDataLoader) gives the same
+    crops and so the same losses as the default worker pipeline with the same seed (here the device is the CPU)."""
+    losses = {}
+    for name, configs in (("default", ["train.json", "quickstart.json"]),
+                          ("on_device", ["train.json", "quickstart.json", "crops_on_device.json"])):
+        args = dict(dataset_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / name / "models"),
+                    output_dir=str(tmp_path / name / "runs"), num_volumes=3, volume_shape=[64, 64, 48], max_epochs=2,
+                    num_workers=0, preview_interval=10) | TINY
+        workflow = make_workflow(BUNDLE, configs, **args)
+        workflow.initialize()
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        history = []
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e, h=history: h.append(e.state.output["loss"]))
+        workflow.run()
+        workflow.finalize()
+        losses[name] = history
+        if name == "on_device":
+            from monai.data import ThreadDataLoader
+            from monai.transforms import EnsureTyped
+
+            assert isinstance(trainer.data_loader, ThreadDataLoader)
+            transforms = workflow.parser.get_parsed_content("train#preprocessing").transforms
+            deterministic = len(workflow.parser.get_parsed_content("train#deterministic_transforms"))
+            assert isinstance(transforms[deterministic], EnsureTyped)  # moved to the device, then cropped
+    assert len(losses["default"]) == 4 and losses["on_device"] == pytest.approx(losses["default"], rel=1e-6)

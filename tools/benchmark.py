@@ -8,7 +8,8 @@ Figures (each a median of ``--repeats`` timed runs after warm-up; both sides of 
    against ``monai.networks.nets.MaskedAutoEncoderViT`` at the same ViT-B sizes + masked-patch MSE + backward; ours
    in the bundle's precision (bf16 autocast where native), MONAI's in the best one it runs in, and both in fp32.
 3. ``data_to_step_ratio``: volumes/s of ``GlobalLocalViewsd`` on in-memory volumes through a ``monai.data.DataLoader``
-   against volumes/s consumed by the training step of figure 1.
+   against volumes/s consumed by the training step of figure 1; also with volumes and crops on the device
+   (configs/crops_on_device.json).
 4. ``inference_vs_monai_ratio``: sliding-window inference with the ``network_def`` and ``inferer`` parsed from
    ``bundles/glmae_btcv_segmentation/configs/inference.json`` against a plain ``UNETR`` + ``SlidingWindowInferer``.
 5. GPU only: samples/s, peak memory and MFU of the ViT-B/16 step at the paper sizes with bf16 autocast.
@@ -43,7 +44,7 @@ except ImportError:  # run as `python tools/benchmark.py` from a checkout withou
 
 import monai
 from monai.bundle import ConfigParser
-from monai.data import DataLoader, Dataset, MetaTensor
+from monai.data import DataLoader, Dataset, ThreadDataLoader
 from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import UNETR, MaskedAutoEncoderViT
 
@@ -289,29 +290,32 @@ def measure_mae_vs_monai(cfg: dict, device: torch.device, repeats: int) -> dict:
 
 
 def measure_data_pipeline(cfg: dict, data_cfg: dict, step_volumes_per_s: float, num_workers: int,
-                          repeats: int) -> dict:
-    """Figure 3: volumes/s of ``GlobalLocalViewsd`` on cached in-memory volumes through a ``monai.data.DataLoader``
-    (persistent workers, one warm-up epoch) / volumes/s consumed by the training step of figure 1."""
-    volumes = [{"image": MetaTensor(torch.rand(*data_cfg["volume_shape"]))} for _ in range(data_cfg["num_volumes"])]
+                          repeats: int, device: torch.device) -> dict:
+    """Figure 3: volumes/s of ``GlobalLocalViewsd`` on cached volumes / volumes/s consumed by the training step of
+    figure 1. Two pipelines, alternating, one warm-up epoch each: train.json's (volumes in host memory, a
+    ``monai.data.DataLoader`` with persistent workers; the headline ratio) and configs/crops_on_device.json's
+    (volumes on ``device``, views cut there, ``ThreadDataLoader`` without workers; ``on_device_ratio``)."""
     num_items = data_cfg["batches_per_epoch"] * cfg["batch_size"]
-    transform = GlobalLocalViewsd("image", cfg["global_size"], cfg["local_size"], cfg["num_global"],
-                                  cfg["num_local"]).set_random_state(seed=0)
-    dataset = Dataset([volumes[i % len(volumes)] for i in range(num_items)], transform=transform)
-    loader = DataLoader(dataset, batch_size=cfg["batch_size"], shuffle=True, num_workers=num_workers,
-                        persistent_workers=num_workers > 0)
+    host = [torch.rand(*data_cfg["volume_shape"]) for _ in range(data_cfg["num_volumes"])]
 
-    def epoch() -> None:
-        for _ in loader:
-            pass
+    def loader(volumes: list[torch.Tensor], loader_cls: type, **kwargs) -> Callable[[], None]:
+        transform = GlobalLocalViewsd("image", cfg["global_size"], cfg["local_size"], cfg["num_global"],
+                                      cfg["num_local"]).set_random_state(seed=0)
+        dataset = Dataset([{"image": volumes[i % len(volumes)]} for i in range(num_items)], transform=transform)
+        batches = loader_cls(dataset, batch_size=cfg["batch_size"], shuffle=True, **kwargs)
 
-    epoch()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        epoch()
-        times.append(time.perf_counter() - start)
-    rate = num_items / statistics.median(times)
+        def epoch() -> None:
+            for batch in batches:
+                batch["local_views"].to(device, non_blocking=True)  # what the trainer does with each batch
+        return epoch
+
+    epochs = {"workers": loader(host, DataLoader, num_workers=num_workers,
+                                persistent_workers=num_workers > 0),
+              "on_device": loader([v.to(device) for v in host], ThreadDataLoader, num_workers=0)}
+    times = _time_round_robin(epochs, repeats, warmup=1, device=device)
+    rate, device_rate = (num_items / statistics.median(times[k]) for k in ("workers", "on_device"))
     return {"ratio": rate / step_volumes_per_s, "pipeline_volumes_per_s": rate,
+            "on_device_ratio": device_rate / step_volumes_per_s, "on_device_volumes_per_s": device_rate,
             "step_volumes_per_s": step_volumes_per_s, "num_workers": num_workers,
             "volume_shape": data_cfg["volume_shape"], "volumes_per_epoch": num_items}
 
@@ -463,6 +467,8 @@ def print_table(results: dict) -> None:
     print(f"{'figure':<26}{'ours':<30}{'baseline':<40}{'ratio':>8}  target")
     for name, ours, base in rows:
         print(f"{name:<26}{ours:<30}{base:<40}{results[name]:>8.3f}  {TARGETS[name]}")
+    print(f"data, configs/crops_on_device.json (views cut on {d['machine']['device']}, ThreadDataLoader): "
+          f"{d['data']['on_device_volumes_per_s']:.1f} vol/s = {d['data']['on_device_ratio']:.2f}x the step")
     print(f"MAE like for like (both fp32): {d['mae']['ours_fp32_s'] * 1e3:.0f} ms / {d['mae']['monai_s'] * 1e3:.0f} ms"
           f" = {d['mae']['fp32_ratio']:.3f}" if d["mae"]["monai_precision"] == "fp32" else
           f"MAE like for like (both fp32): ratio {d['mae']['fp32_ratio']:.3f}")
@@ -490,7 +496,7 @@ def run_benchmark(device: torch.device, preset: str, repeats: int, num_workers: 
         "sizes": {k: cfg[k] for k in ("pretrain", "mae", "inference")},
         "step": step,
         "mae": measure_mae_vs_monai(cfg["mae"], device, repeats),
-        "data": measure_data_pipeline(cfg["pretrain"], cfg["data"], step["volumes_per_s"], num_workers, repeats),
+        "data": measure_data_pipeline(cfg["pretrain"], cfg["data"], step["volumes_per_s"], num_workers, repeats, device),
         "inference": measure_inference(cfg["inference"], device, repeats),
         "gpu_vit_b_step": (measure_gpu_vit_b_step(device, peak_tflops, repeats) if device.type == "cuda"
                            else {"skipped": "needs --device cuda"}),

@@ -87,5 +87,5 @@ class GlobalLocalViewsd(Randomizable, MapTransform):
             for out_key, n in self.num_views.items():
                 views = [self._view(image, out_key) for _ in range(n)]
                 shape = (0, image.shape[0], *self.sizes[out_key])
-                d[out_key] = torch.stack(views) if views else torch.zeros(shape, dtype=image.dtype)
+                d[out_key] = torch.stack(views) if views else torch.zeros(shape, dtype=image.dtype, device=image.device)
         return d
