@@ -305,8 +305,9 @@ def measure_data_pipeline(cfg: dict, data_cfg: dict, step_volumes_per_s: float, 
         batches = loader_cls(dataset, batch_size=cfg["batch_size"], shuffle=True, **kwargs)
 
         def epoch() -> None:
-            for batch in batches:
-                batch["local_views"].to(device, non_blocking=True)  # what the trainer does with each batch
+            for batch in batches:  # each batch's views to the device, as the trainer does
+                for views in batch.values():
+                    views.to(device, non_blocking=True)
         return epoch
 
     epochs = {"workers": loader(host, DataLoader, num_workers=num_workers,
@@ -377,8 +378,9 @@ def measure_inference(inf_cfg: dict, device: torch.device, repeats: int) -> dict
 
 def glmae_step_flops(cfg: dict) -> float:
     """Analytic FLOPs of one GL-MAE training step (multiply-add = 2 FLOPs): 3x the student forward (forward +
-    backward) plus the teacher forward on intact global views. Counts patch embedding, transformer linears and
-    attention, decoder, prediction and DINO head; ignores norms, activations, softmax and the loss."""
+    backward) plus the teacher forward on intact global views. Counts patch embedding (of the visible patches only
+    for the student, as ``MaskedViTEncoder`` does), transformer linears and attention, decoder, prediction and DINO
+    head; ignores norms, activations, softmax and the loss."""
     d, m, layers = cfg["vit"]["hidden_size"], cfg["vit"]["mlp_dim"], cfg["vit"]["num_layers"]
     dd, d_layers = cfg["decoder"]["decoder_hidden_size"], cfg["decoder"]["decoder_num_layers"]
     h = cfg["head"]
@@ -393,7 +395,7 @@ def glmae_step_flops(cfg: dict) -> float:
     for size, views in ((cfg["global_size"], cfg["num_global"]), (cfg["local_size"], cfg["num_local"])):
         n = (size // cfg["patch_size"]) ** 3
         visible = max(1, int(n * (1 - cfg["mask_ratio"])))
-        encoder = 2 * n * patch_vox * d + blocks(visible + 1, d, m, layers)
+        encoder = 2 * visible * patch_vox * d + blocks(visible + 1, d, m, layers)
         decoder = 2 * (visible + 1) * d * dd + blocks(n + 1, dd, 4 * dd, d_layers) + 2 * n * dd * patch_vox
         student += cfg["batch_size"] * views * (encoder + decoder + head)
         if size == cfg["global_size"]:

@@ -121,8 +121,9 @@ class MaskedViTEncoder(nn.Module):
 
         The voxels of each patch are gathered into a row ``[C·P³]`` and multiplied by the stride-P convolution's own
         weight as a matrix: the same arithmetic as the convolution, but masked views embed only their visible
-        patches (a quarter of the work at mask ratio 0.75), and a GEMM is faster than the convolution on CPU (about
-        1.4x in fp32 and 15x under bf16 autocast, measured with tools/benchmark.py's sizes).
+        patches (a quarter of the work at mask ratio 0.75), and on CPU the GEMM is faster than the convolution (all
+        patches of 8 views of 160³ on 2 cores: 0.35 s instead of 0.50 s in fp32, 0.23 s instead of 3.6 s under bf16
+        autocast).
         """
         conv = self.patch_embedding.patch_embeddings
         p = self.patch_size
