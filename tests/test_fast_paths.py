@@ -63,3 +63,26 @@ def test_patch_embedding_as_a_matrix_product_equals_the_convolution():
         visible = torch.gather(conv, 1, ids_keep.unsqueeze(-1).expand(-1, -1, conv.shape[-1]))
         assert torch.allclose(enc.embed_patches(x, grid), conv, atol=1e-5)
         assert torch.allclose(enc.embed_patches(x, grid, ids_keep), visible, atol=1e-5)
+
+
+def test_fused_adamw_of_the_bundles_equals_the_foreach_one():
+    """Both bundles use AdamW(fused=True): after a few steps on GL-MAE's parameter groups it holds the same weights
+    as the multi-tensor implementation. (``eps`` is raised so that parameters whose true gradient is zero, such as
+    the key bias, are not moved by float noise that Adam would scale up to full steps in either implementation.)"""
+    from custom_components.engines import param_groups_weight_decay
+
+    torch.manual_seed(0)
+    nets = [GLMAE(img_size=32, **TINY) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    optimizers = [torch.optim.AdamW(param_groups_weight_decay(net, 0.05), lr=1e-2, betas=(0.9, 0.95), eps=1e-4, **kw)
+                  for net, kw in zip(nets, ({"fused": True}, {"foreach": True}))]
+    views = torch.rand(2, 1, 32, 32, 32)
+    for step in range(3):
+        for net, optimizer in zip(nets, optimizers):
+            optimizer.zero_grad()
+            torch.manual_seed(step)
+            net.forward_view(views, 0.75)["pred"].square().mean().backward()
+            optimizer.step()
+    fused, foreach = nets[0].state_dict(), nets[1].state_dict()
+    assert not torch.equal(fused["decoder.pred.weight"], GLMAE(img_size=32, **TINY).state_dict()["decoder.pred.weight"])
+    assert all(torch.allclose(fused[k], foreach[k], atol=1e-6) for k in fused)

@@ -169,7 +169,7 @@ def build_pretraining(cfg: dict, device: torch.device) -> tuple[GLMAE, EMATeache
                     **cfg["head"]).to(device)
     teacher = EMATeacher(network)
     loss = GLMAELoss(cfg["patch_size"], head_out_dim=cfg["head"]["head_out_dim"]).to(device)
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(network, 0.05), lr=1e-4, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(param_groups_weight_decay(network, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=True)
     return network, teacher, loss, optimizer
 
 
