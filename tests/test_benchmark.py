@@ -56,3 +56,22 @@ def test_step_flops_vit_b():
     """The analytic count is in the expected range for the paper step (a few TFLOP per batch of 4 volumes)."""
     flops = benchmark.glmae_step_flops(benchmark.PAPER_PRETRAIN)
     assert 1e12 < flops < 1e14
+
+
+def test_peak_memory_on_cpu_sees_a_freed_allocation_every_time():
+    """The CPU measure (RSS after malloc_trim, polled) sees a 200 MB tensor that lives 50 ms, also on the second
+    run when the first run's memory could have been reused unseen."""
+    import time
+
+    import torch
+
+    cpu = torch.device("cpu")
+    for _ in range(2):
+        with benchmark.PeakMemory(cpu) as peak:
+            x = torch.ones(50 * 2**20)  # 200 MB
+            time.sleep(0.05)
+            del x
+        assert peak.peak_bytes is not None and 150 * 2**20 < peak.peak_bytes < 400 * 2**20
+    with benchmark.PeakMemory(cpu) as idle:
+        time.sleep(0.01)
+    assert idle.peak_bytes < 50 * 2**20

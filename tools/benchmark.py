@@ -24,12 +24,14 @@ Example (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -142,24 +144,56 @@ def _compare(ours: Callable[[], object], baseline: Callable[[], object], repeats
 
 
 class PeakMemory:
-    """Peak ``torch.cuda.max_memory_allocated`` above the level at entry; ``peak_bytes`` stays None on CPU, where the
-    process RSS is no measure (freed tensors stay in the allocator's arenas, so later runs show no growth)."""
+    """Peak memory above the level at entry, in bytes.
+
+    GPU: ``torch.cuda.max_memory_allocated``. CPU (Linux): the process RSS, polled every millisecond from
+    ``/proc/self/statm`` by a background thread, after glibc's ``malloc_trim`` has returned freed memory to the
+    system (without it, memory freed by an earlier run is reused unseen and later runs show no growth). The CPU
+    figure is coarse (allocator fragmentation, polling): comparable between runs of one process, not exact;
+    ``peak_bytes`` stays None where neither measure exists."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.peak_bytes: int | None = None
+        self._poller: threading.Thread | None = None
+
+    @staticmethod
+    def _rss() -> int | None:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            return None
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._max = max(self._max, self._rss())
+            time.sleep(0.001)
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
+        elif self._rss() is not None:
+            try:
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+            except (OSError, AttributeError):  # not glibc: the figure may then miss reused memory
+                pass
+            self._start = self._max = self._rss()
+            self._stop = threading.Event()
+            self._poller = threading.Thread(target=self._poll, daemon=True)
+            self._poller.start()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._start
+        elif self._poller is not None:
+            self._stop.set()
+            self._poller.join()
+            self.peak_bytes = max(self._max, self._rss()) - self._start
 
 
 # ------------------------------------------------------------------------------------------ pre-training step pieces
@@ -325,8 +359,8 @@ def measure_inference(inf_cfg: dict, device: torch.device, repeats: int) -> dict
     """Figure 4: sliding-window inference with inference.json's ``network_def`` and ``inferer`` (size overrides of
     the preset) in the config's precision (its ``amp``: fp16 autocast on GPU as ``SupervisedEvaluator`` does, bf16
     autocast by the inferer on a native-bf16 CPU) / a plain MONAI ``UNETR`` of the same sizes and weights with
-    ``SlidingWindowInferer(roi, sw_batch_size, overlap=0.5)`` in fp32. On GPU also the peak memory of ours at
-    ``sw_batch_size`` 1, the preset's and twice it (on CPU the process RSS is too coarse to separate them)."""
+    ``SlidingWindowInferer(roi, sw_batch_size, overlap=0.5)`` in fp32. Peak memory of each (see ``PeakMemory``), and
+    of ours at ``sw_batch_size`` 1, the preset's and twice it, with the volume-sized output buffer for reference."""
     parser = ConfigParser()
     parser.read_config(str(INFERENCE_CONFIG))
     parser.update({k: inf_cfg[k] for k in ("roi_size", "feature_size", "sw_batch_size", "hidden_size", "mlp_dim",
@@ -357,20 +391,19 @@ def measure_inference(inf_cfg: dict, device: torch.device, repeats: int) -> dict
                                       run("monai", base_net, base_inferer, False), repeats, warmup=1, device=device)
     ours_s, base_s = statistics.median(times_ours), statistics.median(times_base)
     # memory bounded by sw_batch_size: the volume-sized output buffer plus activations of sw_batch_size windows
-    by_sw_batch: dict = {"skipped": "needs --device cuda"}
-    if device.type == "cuda":
-        by_sw_batch = {}
-        for sw_batch_size in sorted({1, inf_cfg["sw_batch_size"], 2 * inf_cfg["sw_batch_size"]}):
-            parser["sw_batch_size"] = sw_batch_size
-            name = f"ours_sw{sw_batch_size}"
-            run(name, ours_net, parser.get_parsed_content("inferer", lazy=False), amp)()
-            by_sw_batch[sw_batch_size] = memory[name]
+    by_sw_batch = {}
+    for sw_batch_size in sorted({1, inf_cfg["sw_batch_size"], 2 * inf_cfg["sw_batch_size"]}):
+        parser["sw_batch_size"] = sw_batch_size
+        name = f"ours_sw{sw_batch_size}"
+        run(name, ours_net, parser.get_parsed_content("inferer", lazy=False), amp)()
+        by_sw_batch[sw_batch_size] = memory.get(name)
     voxels = math.prod(inf_cfg["volume_shape"][2:])
     return {"ratio": ours_s / base_s, "ours_s": ours_s, "monai_s": base_s,
             "ours_peak_memory_mb_by_sw_batch_size": by_sw_batch,
             "output_buffer_mb": parser["num_classes"] * voxels * 4 / 2**20,
             "ours_peak_memory_mb": memory.get("ours"), "monai_peak_memory_mb": memory.get("monai"),
-            "memory_measure": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "not measured on CPU",
+            "memory_measure": "torch.cuda.max_memory_allocated" if device.type == "cuda" else
+            "process RSS above the level at entry after malloc_trim (coarse)",
             "volume_shape": inf_cfg["volume_shape"], "roi_size": inf_cfg["roi_size"],
             "sw_batch_size": inf_cfg["sw_batch_size"], "feature_size": inf_cfg["feature_size"],
             "ours_inferer_mode": ours_inferer.mode, "ours_precision": precision, "monai_precision": "fp32"}
@@ -469,6 +502,9 @@ def print_table(results: dict) -> None:
     print(f"{'figure':<26}{'ours':<30}{'baseline':<40}{'ratio':>8}  target")
     for name, ours, base in rows:
         print(f"{name:<26}{ours:<30}{base:<40}{results[name]:>8.3f}  {TARGETS[name]}")
+    by_sw = ", ".join(f"{k}: {_mb(v)[2:] or '-'}" for k, v in inf["ours_peak_memory_mb_by_sw_batch_size"].items())
+    print(f"inference peak memory of ours by sw_batch_size ({inf['memory_measure']}): {by_sw}; "
+          f"output buffer {inf['output_buffer_mb']:.0f} MB")
     print(f"data, configs/crops_on_device.json (views cut on {d['machine']['device']}, ThreadDataLoader): "
           f"{d['data']['on_device_volumes_per_s']:.1f} vol/s = {d['data']['on_device_ratio']:.2f}x the step")
     print(f"MAE like for like (both fp32): {d['mae']['ours_fp32_s'] * 1e3:.0f} ms / {d['mae']['monai_s'] * 1e3:.0f} ms"
