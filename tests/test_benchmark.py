@@ -52,6 +52,16 @@ def test_benchmark_tiny(tmp_path, monkeypatch):
     assert (mae["monai_precision"] == mae["ours_precision"]) == (mae["monai_autocast_error"] is None)
 
 
+def test_benchmark_one_figure_on_another_volume(tmp_path, monkeypatch):
+    monkeypatch.setitem(benchmark.PRESETS, "quick", TINY_PRESET)
+    out = tmp_path / "results.json"
+    results = benchmark.main(["--device", "cpu", "--figures", "inference", "--inference-shape", "24", "40", "16",
+                              "--repeats", "1", "--threads", "2", "--out", str(out)])
+    assert set(results) == {"inference_vs_monai_ratio", "targets", "details"}
+    assert results["details"]["inference"]["volume_shape"] == (1, 1, 24, 40, 16)
+    assert json.loads(out.read_text())["inference_vs_monai_ratio"] == results["inference_vs_monai_ratio"]
+
+
 def test_step_flops_vit_b():
     """The analytic count is in the expected range for the paper step (a few TFLOP per batch of 4 volumes)."""
     flops = benchmark.glmae_step_flops(benchmark.PAPER_PRETRAIN)

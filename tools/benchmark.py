@@ -16,9 +16,11 @@ Figures (each a median of ``--repeats`` timed runs after warm-up; both sides of 
 
 With ``--compile`` also: the step of figure 1 with ``torch.compile`` against eager, and the compile time.
 
-Example (from the repository root)::
+Examples (from the repository root)::
 
     python tools/benchmark.py --device cpu --preset quick --out results.json
+    # only the inference figure, paper model sizes, on a 192x192x96 volume
+    python tools/benchmark.py --preset paper --figures inference --inference-shape 192 192 96 --repeats 2
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -486,64 +488,85 @@ def _mb(value: float | None) -> str:
 
 
 def print_table(results: dict) -> None:
-    """Print figure, ours, baseline, ratio and target as a fixed-width table."""
+    """Print figure, ours, baseline, ratio and target as a fixed-width table, then the secondary figures."""
     d = results["details"]
-    inf = d["inference"]
-    rows = [
-        ("step_overhead_ratio", f"{d['step']['trainer_step_s'] * 1e3:.1f} ms/step",
-         f"{d['step']['plain_loop_step_s'] * 1e3:.1f} ms/step (plain loop)"),
-        ("mae_vs_monai_ratio", f"{d['mae']['ours_s'] * 1e3:.0f} ms {d['mae']['ours_precision']}",
-         f"{d['mae']['monai_s'] * 1e3:.0f} ms {d['mae']['monai_precision']} (MONAI MAE)"),
-        ("data_to_step_ratio", f"{d['data']['pipeline_volumes_per_s']:.1f} vol/s",
-         f"{d['data']['step_volumes_per_s']:.1f} vol/s (step)"),
-        ("inference_vs_monai_ratio", f"{inf['ours_s']:.2f} s {inf['ours_precision']}" + _mb(inf["ours_peak_memory_mb"]),
-         f"{inf['monai_s']:.2f} s fp32" + _mb(inf["monai_peak_memory_mb"]) + " (MONAI)"),
-    ]
+    rows = []
+    if "step" in d:
+        rows.append(("step_overhead_ratio", f"{d['step']['trainer_step_s'] * 1e3:.1f} ms/step",
+                     f"{d['step']['plain_loop_step_s'] * 1e3:.1f} ms/step (plain loop)"))
+    if "mae" in d:
+        rows.append(("mae_vs_monai_ratio", f"{d['mae']['ours_s'] * 1e3:.0f} ms {d['mae']['ours_precision']}",
+                     f"{d['mae']['monai_s'] * 1e3:.0f} ms {d['mae']['monai_precision']} (MONAI MAE)"))
+    if "data" in d:
+        rows.append(("data_to_step_ratio", f"{d['data']['pipeline_volumes_per_s']:.1f} vol/s",
+                     f"{d['data']['step_volumes_per_s']:.1f} vol/s (step)"))
+    if "inference" in d:
+        inf = d["inference"]
+        rows.append(("inference_vs_monai_ratio",
+                     f"{inf['ours_s']:.2f} s {inf['ours_precision']}" + _mb(inf["ours_peak_memory_mb"]),
+                     f"{inf['monai_s']:.2f} s fp32" + _mb(inf["monai_peak_memory_mb"]) + " (MONAI)"))
     print(f"{'figure':<26}{'ours':<30}{'baseline':<40}{'ratio':>8}  target")
     for name, ours, base in rows:
         print(f"{name:<26}{ours:<30}{base:<40}{results[name]:>8.3f}  {TARGETS[name]}")
-    by_sw = ", ".join(f"{k}: {_mb(v)[2:] or '-'}" for k, v in inf["ours_peak_memory_mb_by_sw_batch_size"].items())
-    print(f"inference peak memory of ours by sw_batch_size ({inf['memory_measure']}): {by_sw}; "
-          f"output buffer {inf['output_buffer_mb']:.0f} MB")
-    print(f"data, configs/crops_on_device.json (views cut on {d['machine']['device']}, ThreadDataLoader): "
-          f"{d['data']['on_device_volumes_per_s']:.1f} vol/s = {d['data']['on_device_ratio']:.2f}x the step")
-    print(f"MAE like for like (both fp32): {d['mae']['ours_fp32_s'] * 1e3:.0f} ms / {d['mae']['monai_s'] * 1e3:.0f} ms"
-          f" = {d['mae']['fp32_ratio']:.3f}" if d["mae"]["monai_precision"] == "fp32" else
-          f"MAE like for like (both fp32): ratio {d['mae']['fp32_ratio']:.3f}")
-    if d["mae"]["monai_autocast_error"]:
-        print(f"MONAI MaskedAutoEncoderViT under bf16 autocast: {d['mae']['monai_autocast_error']}")
+    if "inference" in d:
+        inf = d["inference"]
+        by_sw = ", ".join(f"{k}: {_mb(v)[2:] or '-'}" for k, v in inf["ours_peak_memory_mb_by_sw_batch_size"].items())
+        print(f"inference peak memory of ours by sw_batch_size ({inf['memory_measure']}): {by_sw}; "
+              f"output buffer {inf['output_buffer_mb']:.0f} MB")
+    if "data" in d:
+        print(f"data, configs/crops_on_device.json (views cut on {d['machine']['device']}, ThreadDataLoader): "
+              f"{d['data']['on_device_volumes_per_s']:.1f} vol/s = {d['data']['on_device_ratio']:.2f}x the step")
+    if "mae" in d:
+        mae = d["mae"]
+        print(f"MAE like for like (both fp32): ratio {mae['fp32_ratio']:.3f} (ours {mae['ours_fp32_s'] * 1e3:.0f} ms)")
+        if mae["monai_autocast_error"]:
+            print(f"MONAI MaskedAutoEncoderViT under bf16 autocast: {mae['monai_autocast_error']}")
     if "compile" in d:
         c = d["compile"]
         print(f"torch.compile step: {c['compiled_step_s'] * 1e3:.1f} ms vs eager {c['eager_step_s'] * 1e3:.1f} ms = "
               f"{c['ratio']:.3f} (first run, compiling: {c['first_run_s']:.0f} s)")
-    gpu = d["gpu_vit_b_step"]
-    if "skipped" in gpu:
+    gpu = d.get("gpu_vit_b_step")
+    if gpu and "skipped" in gpu:
         print(f"ViT-B step (GPU): skipped, {gpu['skipped']}")
-    else:
+    elif gpu:
         print(f"ViT-B step (GPU, bf16): {gpu['samples_per_s']:.2f} samples/s, peak {gpu['peak_memory_gb']:.1f} GB, "
               f"{gpu['achieved_tflops']:.0f} TFLOP/s, MFU {gpu['mfu']:.1%} of {gpu['peak_tflops']:g} TFLOP/s")
 
 
+FIGURES = ("step", "mae", "data", "inference", "gpu")
+
+
 def run_benchmark(device: torch.device, preset: str, repeats: int, num_workers: int, peak_tflops: float,
-                  compile: bool = False) -> dict:
-    """Run every figure and return the results dict written as JSON."""
+                  compile: bool = False, figures: Sequence[str] = FIGURES,
+                  inference_shape: Sequence[int] | None = None) -> dict:
+    """Run the chosen ``figures`` (the data figure needs the step's rate, so it runs the step too) and return the
+    results dict written as JSON: the ratio of each figure that ran, ``targets`` and ``details``."""
     cfg = PRESETS[preset]
-    step = measure_step_overhead(cfg["pretrain"], device, repeats)
-    details = {
-        "preset": preset, "repeats": repeats, "machine": machine_info(device),
-        "sizes": {k: cfg[k] for k in ("pretrain", "mae", "inference")},
-        "step": step,
-        "mae": measure_mae_vs_monai(cfg["mae"], device, repeats),
-        "data": measure_data_pipeline(cfg["pretrain"], cfg["data"], step["volumes_per_s"], num_workers, repeats, device),
-        "inference": measure_inference(cfg["inference"], device, repeats),
-        "gpu_vit_b_step": (measure_gpu_vit_b_step(device, peak_tflops, repeats) if device.type == "cuda"
-                           else {"skipped": "needs --device cuda"}),
-    }
+    inf_cfg = dict(cfg["inference"])
+    if inference_shape is not None:
+        inf_cfg["volume_shape"] = (1, 1, *inference_shape)
+    details: dict = {"preset": preset, "repeats": repeats, "machine": machine_info(device),
+                     "sizes": {"pretrain": cfg["pretrain"], "mae": cfg["mae"], "inference": inf_cfg}}
+    results: dict = {}
+    if "step" in figures or "data" in figures:
+        details["step"] = measure_step_overhead(cfg["pretrain"], device, repeats)
+        results["step_overhead_ratio"] = details["step"]["ratio"]
+    if "mae" in figures:
+        details["mae"] = measure_mae_vs_monai(cfg["mae"], device, repeats)
+        results["mae_vs_monai_ratio"] = details["mae"]["ratio"]
+    if "data" in figures:
+        details["data"] = measure_data_pipeline(cfg["pretrain"], cfg["data"], details["step"]["volumes_per_s"],
+                                                num_workers, repeats, device)
+        results["data_to_step_ratio"] = details["data"]["ratio"]
+    if "inference" in figures:
+        details["inference"] = measure_inference(inf_cfg, device, repeats)
+        results["inference_vs_monai_ratio"] = details["inference"]["ratio"]
+    if "gpu" in figures:
+        details["gpu_vit_b_step"] = (measure_gpu_vit_b_step(device, peak_tflops, repeats) if device.type == "cuda"
+                                     else {"skipped": "needs --device cuda"})
     if compile:
         details["compile"] = measure_compile(cfg["pretrain"], device, repeats)
-    return {"step_overhead_ratio": step["ratio"], "mae_vs_monai_ratio": details["mae"]["ratio"],
-            "data_to_step_ratio": details["data"]["ratio"], "inference_vs_monai_ratio": details["inference"]["ratio"],
-            "targets": TARGETS, "details": details}
+    return results | {"targets": TARGETS, "details": details}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -552,6 +575,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--preset", choices=tuple(PRESETS), default="quick",
                         help="quick: CPU sizes (quickstart presets); paper: ViT-B/16, 160³/96³ views, 512x512x200 CT")
+    parser.add_argument("--figures", nargs="+", choices=FIGURES, default=list(FIGURES),
+                        help="which figures to run (data also runs step, whose rate it needs)")
+    parser.add_argument("--inference-shape", nargs=3, type=int, metavar=("H", "W", "D"),
+                        help="volume size of the inference figure instead of the preset's")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median reported)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads for every figure")
     parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
@@ -570,7 +597,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     results = run_benchmark(torch.device(args.device), args.preset, args.repeats, args.num_workers, args.peak_tflops,
-                            args.compile)
+                            args.compile, args.figures, args.inference_shape)
     print_table(results)
     Path(args.out).write_text(json.dumps(results, indent=2, default=list))
     print(f"wrote {args.out}")
