@@ -6,7 +6,9 @@ import importlib.util
 import json
 import math
 import os
+import time
 
+import torch
 from conftest import REPO_ROOT, TINY
 
 from custom_components.precision import native_bf16
@@ -71,10 +73,6 @@ def test_step_flops_vit_b():
 def test_peak_memory_on_cpu_sees_a_freed_allocation_every_time():
     """The CPU measure (RSS after malloc_trim, polled) sees a 200 MB tensor that lives 50 ms, also on the second
     run when the first run's memory could have been reused unseen."""
-    import time
-
-    import torch
-
     cpu = torch.device("cpu")
     for _ in range(2):
         with benchmark.PeakMemory(cpu) as peak:

@@ -1,11 +1,13 @@
 """The fast paths compute what the straightforward ones do: SDPA attention, one batched pass per view kind,
-bf16 autocast."""
+bf16 autocast, the patch embedding as a matrix product, fused AdamW."""
 
 import torch
 from conftest import TINY
 
+from custom_components.engines import param_groups_weight_decay
 from custom_components.losses import GLMAELoss
 from custom_components.networks import GLMAE
+from custom_components.networks.vit import MaskedViTEncoder, random_masking
 
 
 def pair(**kwargs):
@@ -51,8 +53,6 @@ def test_bf16_autocast_loss_is_close_to_float32():
 def test_patch_embedding_as_a_matrix_product_equals_the_convolution():
     """Every patch, and only the visible ones, embedded by gathering voxels equals the stride-P convolution's output
     at those positions (two channels, a non-cubic view, per-sample visible sets)."""
-    from custom_components.networks.vit import MaskedViTEncoder, random_masking
-
     torch.manual_seed(0)
     enc = MaskedViTEncoder(in_channels=2, img_size=32, hidden_size=48, mlp_dim=96, num_layers=1, num_heads=4)
     x = torch.rand(3, 2, 32, 48, 64)
@@ -69,8 +69,6 @@ def test_fused_adamw_of_the_bundles_equals_the_foreach_one():
     """Both bundles use AdamW(fused=True): after a few steps on GL-MAE's parameter groups it holds the same weights
     as the multi-tensor implementation. (``eps`` is raised so that parameters whose true gradient is zero, such as
     the key bias, are not moved by float noise that Adam would scale up to full steps in either implementation.)"""
-    from custom_components.engines import param_groups_weight_decay
-
     torch.manual_seed(0)
     nets = [GLMAE(img_size=32, **TINY) for _ in range(2)]
     nets[1].load_state_dict(nets[0].state_dict())

@@ -10,7 +10,9 @@ import pytest
 import torch
 from bundle_utils import error_chain, make_workflow, run_torchrun, run_workflow
 from ignite.engine import Events
+from monai.data import ThreadDataLoader
 from monai.networks.nets import UNETR
+from monai.transforms import EnsureTyped
 
 from custom_components.data import write_synthetic_dataset
 from custom_components.weights import load_encoder
@@ -148,9 +150,6 @@ def test_crops_on_device_overlay_trains_the_same_as_the_default_pipeline(tmp_pat
         workflow.finalize()
         losses[name] = history
         if name == "on_device":
-            from monai.data import ThreadDataLoader
-            from monai.transforms import EnsureTyped
-
             assert isinstance(trainer.data_loader, ThreadDataLoader)
             transforms = workflow.parser.get_parsed_content("train#preprocessing").transforms
             deterministic = len(workflow.parser.get_parsed_content("train#deterministic_transforms"))

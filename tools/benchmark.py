@@ -505,9 +505,9 @@ def print_table(results: dict) -> None:
         rows.append(("inference_vs_monai_ratio",
                      f"{inf['ours_s']:.2f} s {inf['ours_precision']}" + _mb(inf["ours_peak_memory_mb"]),
                      f"{inf['monai_s']:.2f} s fp32" + _mb(inf["monai_peak_memory_mb"]) + " (MONAI)"))
-    print(f"{'figure':<26}{'ours':<30}{'baseline':<40}{'ratio':>8}  target")
+    print(f"{'figure':<26}{'ours':<36}{'baseline':<42}{'ratio':>8}  target")
     for name, ours, base in rows:
-        print(f"{name:<26}{ours:<30}{base:<40}{results[name]:>8.3f}  {TARGETS[name]}")
+        print(f"{name:<26}{ours:<36}{base:<42}{results[name]:>8.3f}  {TARGETS[name]}")
     if "inference" in d:
         inf = d["inference"]
         by_sw = ", ".join(f"{k}: {_mb(v)[2:] or '-'}" for k, v in inf["ours_peak_memory_mb_by_sw_batch_size"].items())
