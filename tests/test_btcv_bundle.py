@@ -48,11 +48,17 @@ def test_training_saves_best_model_and_validation_log(trained):
     assert best["val_mean_dice"] == max(float(r["val_mean_dice"]) for r in rows)
 
 
+def write_encoder(path, hidden_size, num_layers):
+    """A small GL-MAE student of the given width and depth, and its encoder.pt at ``path``."""
+    glmae = GLMAE(img_size=32, hidden_size=hidden_size, mlp_dim=96, num_layers=num_layers, num_heads=4,
+                  decoder_hidden_size=48, decoder_num_layers=1, decoder_num_heads=4, head_out_dim=16,
+                  head_hidden_dim=32, head_bottleneck_dim=8)
+    save_state_dict(encoder_state_dict(glmae), str(path))
+    return glmae, path
+
+
 def test_finetune_starts_from_the_pretrained_encoder(tmp_path, dataset):
-    glmae = GLMAE(img_size=32, hidden_size=48, mlp_dim=96, num_layers=12, num_heads=4, decoder_hidden_size=48,
-                  decoder_num_layers=1, decoder_num_heads=4, head_out_dim=16, head_hidden_dim=32, head_bottleneck_dim=8)
-    encoder = tmp_path / "encoder.pt"
-    save_state_dict(encoder_state_dict(glmae), str(encoder))
+    glmae, encoder = write_encoder(tmp_path / "encoder.pt", hidden_size=48, num_layers=12)
     workflow = make_workflow(BUNDLE, ["train.json"], **train_overrides(tmp_path, dataset, pretrained_encoder=str(encoder)))
     workflow.initialize()
     network = workflow.parser.get_parsed_content("network")
@@ -66,10 +72,7 @@ def test_finetune_starts_from_the_pretrained_encoder(tmp_path, dataset):
 
 
 def test_encoder_of_another_width_is_a_clear_error(tmp_path, dataset):
-    glmae = GLMAE(img_size=32, hidden_size=96, mlp_dim=96, num_layers=1, num_heads=4, decoder_hidden_size=48,
-                  decoder_num_layers=1, decoder_num_heads=4, head_out_dim=16, head_hidden_dim=32, head_bottleneck_dim=8)
-    encoder = tmp_path / "wide_encoder.pt"
-    save_state_dict(encoder_state_dict(glmae), str(encoder))
+    _, encoder = write_encoder(tmp_path / "wide_encoder.pt", hidden_size=96, num_layers=1)
     workflow = make_workflow(BUNDLE, ["train.json"], **train_overrides(tmp_path, dataset, pretrained_encoder=str(encoder)))
     workflow.initialize()
     with pytest.raises(Exception) as info:
