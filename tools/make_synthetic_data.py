@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-folds", type=int, default=5, help="cross-validation folds")
     parser.add_argument("--num-test", type=int, default=2, help="extra unlabelled test images in imagesTs")
     parser.add_argument("--seed", type=int, default=0, help="base seed; case i uses seed + i")
+    parser.add_argument("--varied", action="store_true",
+                        help="vary body layout, organ set and intensity profile per volume (pre-training data)")
     return parser.parse_args(argv)
 
 
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             num_folds=args.num_folds,
             num_test=args.num_test,
             seed=args.seed,
+            varied=args.varied,
         )
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")

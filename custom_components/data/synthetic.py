@@ -4,6 +4,11 @@ A volume is an elliptic body (fat rim, soft tissue) in air, two lungs near the t
 ``num_classes - 1`` organ-like ellipsoids laid out on a jittered grid in the abdomen, each with its own mean HU
 in 20..150 (like BTCV's 13 abdominal organs) and a thin fat plane around it, plus mild gaussian noise. Organ ``k``
 keeps its HU and its grid cell in every volume, so a small UNETR learns the task in a few epochs.
+
+``varied=True`` makes volumes that differ the way a pre-training collection of scans does (the same seed still
+gives the same volume): body size, shape and position; a field of view with or without the lungs; which organs
+are present and how large; the contrast phase (organ HU scaled and shifted, some organs enhanced), the fat HU and
+the noise level. Near-identical volumes give a self-distillation objective nothing to tell apart.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +44,7 @@ DATALIST_FILE = "dataset.json"
 
 
 def make_synthetic_ct(
-    shape: Sequence[int] = (96, 96, 64), num_classes: int = 14, seed: int = 0
+    shape: Sequence[int] = (96, 96, 64), num_classes: int = 14, seed: int = 0, varied: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Make one CT-like volume and its organ label map; each seed gives a different, deterministic volume.
 
@@ -48,6 +54,8 @@ def make_synthetic_ct(
         shape: spatial size ``(H, W, D)``, each at least 16.
         num_classes: number of label classes including background, 2..256; organs are ``1..num_classes-1``.
         seed: non-negative random seed.
+        varied: draw the body layout, organ set and intensity profile per volume (pre-training data) instead of
+            keeping them nearly fixed (fine-tuning data).
 
     Returns:
         ``(image, label)``: image ``[H, W, D]`` int16 in Hounsfield units (-1000 air .. ~+730 bone) and label
@@ -61,25 +69,33 @@ def make_synthetic_ct(
     _validate_num_classes(num_classes)
     _validate_seed(seed)
     rng = np.random.default_rng(seed)
+    profile = _VariedProfile.draw(rng, num_classes - 1) if varied else _VariedProfile.fixed(num_classes - 1)
     axes = [np.linspace(-1.0, 1.0, n) for n in shape]
     x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
     image = np.full(shape, AIR_HU, dtype=np.float32)
     label = np.zeros(shape, dtype=np.uint8)
 
-    centre, semi_axes = rng.uniform(-0.04, 0.04, 2), rng.uniform((0.80, 0.62), (0.90, 0.72))
+    centre = rng.uniform(-0.04, 0.04, 2) + profile.body_shift
+    semi_axes = rng.uniform((0.80, 0.62), (0.90, 0.72)) * profile.body_scale
     radius = np.sqrt(((x - centre[0]) / semi_axes[0]) ** 2 + ((y - centre[1]) / semi_axes[1]) ** 2)
     body = np.broadcast_to(radius <= 1.0, shape)
-    image[body] = FAT_HU
-    image[np.broadcast_to(radius <= 0.9, shape)] = SOFT_TISSUE_HU
-    _paint_lungs(image, (x, y, z), centre, semi_axes, rng)
+    image[body] = profile.fat_hu
+    image[np.broadcast_to(radius <= profile.fat_rim, shape)] = SOFT_TISSUE_HU
+    if profile.lungs:
+        _paint_lungs(image, (x, y, z), centre, semi_axes, rng, profile.z_shift)
     for k, (organ_centre, radii, rotation) in enumerate(_organ_layout(num_classes - 1, centre, semi_axes, rng), 1):
-        _paint_ellipsoid(image, label, axes, organ_centre, radii * 1.25, rotation, FAT_HU, 0)
         organ_hu = np.interp(k, (1, max(num_classes - 1, 2)), ORGAN_HU_RANGE) + rng.uniform(-3.0, 3.0)
+        if not profile.present[k - 1]:
+            continue
+        organ_centre = organ_centre + (0.0, 0.0, profile.z_shift)
+        radii = radii * profile.organ_scale[k - 1]
+        _paint_ellipsoid(image, label, axes, organ_centre, radii * 1.25, rotation, profile.fat_hu, 0)
+        organ_hu = organ_hu * profile.hu_scale + profile.hu_shift + profile.enhancement[k - 1]
         _paint_ellipsoid(image, label, axes, organ_centre, radii, rotation, organ_hu, k)
-    _paint_bones(image, label, (x, y, z), radius, centre, semi_axes)
+    _paint_bones(image, label, (x, y, z), radius, centre, semi_axes, ribs=profile.lungs)
     image[~body] = AIR_HU  # keep everything inside the body outline
     label[~body] = 0
-    image += rng.normal(0.0, NOISE_HU, shape).astype(np.float32)
+    image += rng.normal(0.0, profile.noise_hu, shape).astype(np.float32)
     return np.clip(np.rint(image), -1024, 3071).astype(np.int16), label
 
 
@@ -93,6 +109,7 @@ def write_synthetic_dataset(
     num_folds: int = 5,
     num_test: int = 2,
     seed: int = 0,
+    varied: bool = False,
 ) -> str:
     """Write a synthetic CT dataset as NIfTI files plus a MONAI decathlon-style ``dataset.json``.
 
@@ -111,22 +128,24 @@ def write_synthetic_dataset(
         num_folds: number of cross-validation folds, 1..num_volumes.
         num_test: number of extra unlabelled test images, at least 0.
         seed: non-negative base seed.
+        varied: volumes that differ in body layout, organ set and intensity profile (see the module docstring);
+            use it for pre-training data.
 
     Returns:
         the path of ``dataset.json``.
     """
-    args = _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_folds, num_test, seed)
+    args = _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_folds, num_test, seed, varied)
     root = Path(out_dir).expanduser().absolute()
     affine = _affine(args["shape"], args["spacing"])
     images, labels = [], []
     for index in range(num_volumes):
-        image, label = make_synthetic_ct(args["shape"], num_classes, seed + index)
+        image, label = make_synthetic_ct(args["shape"], num_classes, seed + index, varied)
         images.append(_save_nifti(image, affine, root / "imagesTr" / f"case_{index:04d}.nii.gz", root))
         if labelled:
             labels.append(_save_nifti(label, affine, root / "labelsTr" / f"case_{index:04d}.nii.gz", root))
     testing = []
     for index in range(num_test):
-        image, _ = make_synthetic_ct(args["shape"], num_classes, seed + num_volumes + index)
+        image, _ = make_synthetic_ct(args["shape"], num_classes, seed + num_volumes + index, varied)
         testing.append({"image": _save_nifti(image, affine, root / "imagesTs" / f"test_{index:04d}.nii.gz", root)})
     names = BTCV_ORGANS if num_classes == len(BTCV_ORGANS) + 1 else [f"organ_{k}" for k in range(1, num_classes)]
     datalist = write_decathlon_json(
@@ -190,23 +209,62 @@ def _is_complete(marker: Path, datalist: Path, args: dict[str, Any]) -> bool:
     return True
 
 
-def _paint_lungs(image: np.ndarray, grid, centre: np.ndarray, semi_axes: np.ndarray, rng) -> None:
-    """Two lung ellipsoids at the top of the volume (high z), on both sides of the midline."""
+@dataclass(frozen=True)
+class _VariedProfile:
+    """What differs between the volumes of a ``varied`` dataset; :meth:`fixed` is the fine-tuning layout."""
+
+    body_scale: np.ndarray  # [2] factors on the body's semi-axes
+    body_shift: np.ndarray  # [2] body centre offset (normalised units)
+    fat_rim: float  # soft tissue inside this fraction of the body radius, fat outside
+    fat_hu: float
+    lungs: bool  # thorax in the field of view (lungs and ribs)
+    z_shift: float  # the field of view slides along z: organs and lungs move together
+    present: np.ndarray  # [num_organs] bool
+    organ_scale: np.ndarray  # [num_organs] factors on each organ's radii
+    hu_scale: float  # contrast phase: organ HU scaled and shifted...
+    hu_shift: float
+    enhancement: np.ndarray  # [num_organs] ...and a few organs enhanced strongly
+    noise_hu: float
+
+    @classmethod
+    def fixed(cls, num_organs: int) -> _VariedProfile:
+        ones = np.ones(num_organs)
+        return cls(np.ones(2), np.zeros(2), 0.9, FAT_HU, True, 0.0, ones.astype(bool), ones, 1.0, 0.0,
+                   np.zeros(num_organs), NOISE_HU)
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, num_organs: int) -> _VariedProfile:
+        enhanced = rng.random(num_organs) < 0.25
+        return cls(
+            body_scale=rng.uniform((0.65, 0.6), (1.05, 1.1)), body_shift=rng.uniform(-0.08, 0.08, 2),
+            fat_rim=float(rng.uniform(0.75, 0.95)), fat_hu=float(rng.uniform(-130.0, -70.0)),
+            lungs=bool(rng.random() < 0.6), z_shift=float(rng.uniform(-0.25, 0.25)),
+            present=rng.random(num_organs) < 0.7, organ_scale=rng.uniform(0.6, 1.4, num_organs),
+            hu_scale=float(rng.uniform(0.4, 1.8)), hu_shift=float(rng.uniform(-30.0, 60.0)),
+            enhancement=np.where(enhanced, rng.uniform(80.0, 250.0, num_organs), 0.0),
+            noise_hu=float(rng.uniform(5.0, 30.0)),
+        )
+
+
+def _paint_lungs(image: np.ndarray, grid, centre: np.ndarray, semi_axes: np.ndarray, rng, z_shift: float = 0.0) -> None:
+    """Two lung ellipsoids at the top of the volume (high z, moved by ``z_shift``), on both sides of the midline."""
     x, y, z = grid
     lung_hu = LUNG_HU + rng.uniform(-30.0, 30.0)
     for side in (-1.0, 1.0):
         cx = centre[0] + side * (0.45 + rng.uniform(-0.03, 0.03)) * semi_axes[0]
-        cy, cz = centre[1] + 0.05 * semi_axes[1], 0.72 + rng.uniform(-0.04, 0.04)
+        cy, cz = centre[1] + 0.05 * semi_axes[1], 0.72 + z_shift + rng.uniform(-0.04, 0.04)
         inside = ((x - cx) / (0.33 * semi_axes[0])) ** 2 + ((y - cy) / (0.55 * semi_axes[1])) ** 2
         image[np.broadcast_to(inside + ((z - cz) / 0.35) ** 2 <= 1.0, image.shape)] = lung_hu
 
 
-def _paint_bones(image: np.ndarray, label: np.ndarray, grid, radius: np.ndarray, centre, semi_axes) -> None:
-    """A posterior spine along z and rib bands around the thorax; bone is background in the label."""
+def _paint_bones(image: np.ndarray, label: np.ndarray, grid, radius: np.ndarray, centre, semi_axes,
+                 ribs: bool = True) -> None:
+    """A posterior spine along z and (with ``ribs``) rib bands around the thorax; bone is background in the label."""
     x, y, z = grid
-    spine = ((x - centre[0]) / 0.09) ** 2 + ((y - (centre[1] - 0.72 * semi_axes[1])) / 0.09) ** 2 <= 1.0
-    ribs = (radius >= 0.8) & (radius <= 0.86) & (z > 0.35) & (np.sin(z * 40.0) > 0.3)
-    bone = np.broadcast_to(spine | ribs, image.shape)
+    bone = ((x - centre[0]) / 0.09) ** 2 + ((y - (centre[1] - 0.72 * semi_axes[1])) / 0.09) ** 2 <= 1.0
+    if ribs:
+        bone = bone | ((radius >= 0.8) & (radius <= 0.86) & (z > 0.35) & (np.sin(z * 40.0) > 0.3))
+    bone = np.broadcast_to(bone, image.shape)
     image[bone] = BONE_HU
     label[bone] = 0
 
@@ -266,11 +324,12 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, root: Path) -
 
 _DEFAULTS = {
     "num_volumes": 8, "shape": (96, 96, 64), "spacing": (1.5, 1.5, 2.0), "num_classes": 14, "labelled": True,
-    "num_folds": 5, "num_test": 2, "seed": 0,
+    "num_folds": 5, "num_test": 2, "seed": 0, "varied": False,
 }  # fmt: skip
 
 
-def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_folds, num_test, seed) -> dict[str, Any]:
+def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_folds, num_test, seed,
+                    varied=False) -> dict[str, Any]:
     """Validate the dataset arguments and return them JSON-ready (lists for sequences)."""
     if isinstance(num_volumes, bool) or not isinstance(num_volumes, int) or num_volumes < 1:
         raise ValueError(f"num_volumes must be a positive int, got {num_volumes!r}.")
@@ -278,8 +337,9 @@ def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_fold
         raise ValueError(f"num_folds must be an int in 1..num_volumes={num_volumes}, got {num_folds!r}.")
     if isinstance(num_test, bool) or not isinstance(num_test, int) or num_test < 0:
         raise ValueError(f"num_test must be a non-negative int, got {num_test!r}.")
-    if not isinstance(labelled, bool):
-        raise ValueError(f"labelled must be a bool, got {labelled!r}.")
+    for name, flag in (("labelled", labelled), ("varied", varied)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be a bool, got {flag!r}.")
     spacing = tuple(float(s) for s in spacing) if isinstance(spacing, Sequence) else ()
     if len(spacing) != 3 or not all(s > 0 for s in spacing):
         raise ValueError(f"spacing must be three positive numbers (mm), got {spacing!r}.")
@@ -288,6 +348,7 @@ def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_fold
     return {
         "num_volumes": num_volumes, "shape": list(_validate_shape(shape)), "spacing": list(spacing),
         "num_classes": num_classes, "labelled": labelled, "num_folds": num_folds, "num_test": num_test, "seed": seed,
+        **({"varied": True} if varied else {}),
     }  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from monai.utils import convert_to_tensor
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from custom_components.engines.monitors import cross_volume_cosine
 from custom_components.losses.glmae_loss import GLMAELoss
 from custom_components.networks.glmae import EMATeacher
 from custom_components.precision import native_bf16
@@ -37,11 +38,17 @@ class GLMAETrainer(SupervisedTrainer):
        masked patches with the shared decoder and projects the CLS tokens;
     2. the EMA teacher encodes the intact global views without gradients;
     3. ``GLMAELoss`` gives reconstruction + consistency terms; a non-finite loss stops training with an error;
-    4. backward (divided by ``accumulation_steps``), gradient clipping, optimizer step every
-       ``accumulation_steps`` iterations, then the EMA update with the cosine momentum schedule.
+    4. backward (divided by ``accumulation_steps``), the DINO head's last layer frozen in the first
+       ``freeze_last_layer_epochs`` epochs, gradient clipping, optimizer step every ``accumulation_steps``
+       iterations, then the EMA update with the cosine momentum schedule.
 
     ``engine.state.output`` holds ``loss`` and every term (``loss_rec_local``, ``loss_rec_global``, ``loss_g2g``,
-    ``loss_g2l``) as floats, plus ``ema_momentum``.
+    ``loss_g2l``) as floats, plus the collapse monitors: ``teacher_entropy`` (DINO only) and ``log_k``,
+    ``student_cls_cosine`` and ``teacher_cls_cosine`` (mean cosine between the pooled tokens the heads see, of
+    views of different volumes of the batch; NaN with one volume per batch, or without a teacher), and the
+    ``learning_rate``, ``ema_momentum`` and ``teacher_temp`` of the step. ``engine.state.glmae_features`` holds
+    this step's per-volume features ``{"student": [B, D], "teacher": [B, D] or None}`` on the CPU, for monitors
+    that pool over an epoch when batches hold one volume.
 
     Args:
         device, max_epochs, train_data_loader, network, optimizer, epoch_length, train_handlers,
@@ -53,6 +60,8 @@ class GLMAETrainer(SupervisedTrainer):
         clip_grad_norm: max gradient norm, or None/0 for no clipping.
         amp: autocast the forward passes to bfloat16 (on GPU and CPU; no grad scaler is needed for bf16).
         accumulation_steps: optimizer step every N iterations (effective batch = batch × N × world size).
+        freeze_last_layer_epochs: no gradient reaches the last (prototype) layer of the DINO head during the first
+            N epochs (DINO's stabiliser: the prototypes cannot all turn away from a not-yet-trained embedding).
         global_key, local_key: batch keys of the views.
     """
 
@@ -71,6 +80,7 @@ class GLMAETrainer(SupervisedTrainer):
         clip_grad_norm: float | None = 3.0,
         amp: bool = False,
         accumulation_steps: int = 1,
+        freeze_last_layer_epochs: int = 0,
         epoch_length: int | None = None,
         train_handlers: Sequence | None = None,
         key_train_metric: dict | None = None,
@@ -87,6 +97,8 @@ class GLMAETrainer(SupervisedTrainer):
             raise ValueError(f"need 0 <= ema_momentum <= ema_momentum_end <= 1, got {ema_momentum}, {ema_momentum_end}.")
         if accumulation_steps < 1:
             raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}.")
+        if freeze_last_layer_epochs < 0:
+            raise ValueError(f"freeze_last_layer_epochs must be >= 0, got {freeze_last_layer_epochs}.")
         super().__init__(
             device=device, max_epochs=max_epochs, train_data_loader=train_data_loader, network=network,
             optimizer=optimizer, loss_function=loss_function, epoch_length=epoch_length, non_blocking=non_blocking,
@@ -103,6 +115,7 @@ class GLMAETrainer(SupervisedTrainer):
             self.logger.warning(f"amp: bf16 autocast is emulated on {device} (no native bf16: a CPU without AVX512-BF16 "
                                 f"or AMX, or an older GPU) and is likely slower than fp32; set amp to false there.")
         self.accumulation_steps = accumulation_steps
+        self.freeze_last_layer_epochs = freeze_last_layer_epochs
         self.global_key = global_key
         self.local_key = local_key
 
@@ -128,12 +141,14 @@ class GLMAETrainer(SupervisedTrainer):
         if step_in_cycle == 0:
             engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
 
+        loss_fn.set_epoch(engine.state.epoch - 1)
         autocast = torch.autocast(device_type=torch.device(engine.state.device).type, dtype=torch.bfloat16,
                                   enabled=engine.use_amp)
         with autocast:
             embed = [kind for kind in ("global", "local") if loss_fn.needs(f"{kind}_embedding")]
             student = engine.network(global_views, local_views, engine.mask_ratio, embed)
-            teacher = engine.teacher(global_views) if loss_fn.needs("teacher") else None
+            teacher_features, teacher = (engine.teacher(global_views, return_features=True) if loss_fn.needs("teacher")
+                                         else (None, None))
             losses = loss_fn(student, teacher, global_views, local_views, batch_size)
         # one device-to-host transfer for the finiteness check and the logged terms
         terms = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
@@ -143,6 +158,10 @@ class GLMAETrainer(SupervisedTrainer):
                 f"{terms}. Lower learning_rate, check the input intensities, or enable gradient clipping."
             )
         (losses["loss"] / acc).backward()
+        if engine.state.epoch <= engine.freeze_last_layer_epochs:
+            last_layer = getattr(getattr(engine.network, "module", engine.network).head, "last_layer", None)
+            for param in last_layer.parameters() if last_layer is not None else ():
+                param.grad = None
         last_iteration = engine.state.epoch_length * engine.state.max_epochs
         momentum = cosine_momentum((engine.state.iteration - 1) // acc, last_iteration // acc, engine.ema_momentum,
                                    engine.ema_momentum_end)
@@ -151,6 +170,20 @@ class GLMAETrainer(SupervisedTrainer):
                 torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.clip_grad_norm)
             engine.optimizer.step()
             engine.teacher.update(engine.network, momentum)
-        engine.state.output = terms
-        engine.state.output["ema_momentum"] = momentum
+        engine.state.output = {**terms, **engine._monitors(student, teacher_features, batch_size), "ema_momentum": momentum}
         return engine.state.output
+
+    def _monitors(self, student: dict, teacher_features: torch.Tensor | None, batch_size: int) -> dict[str, float]:
+        """The step's collapse monitors (see the class docstring); also sets ``state.glmae_features``."""
+        kind = "global" if "global_features" in student else "local"
+        features = {"student": student[f"{kind}_features"].detach(), "teacher": teacher_features}
+        grouped = {k: None if v is None else v.float().reshape(batch_size, -1, v.shape[-1]) for k, v in features.items()}
+        self.state.glmae_features = {k: None if v is None else v.mean(1).cpu() for k, v in grouped.items()}
+        consistency = self.loss_function.consistency
+        return {
+            "log_k": self.loss_function.log_k,
+            "student_cls_cosine": cross_volume_cosine(grouped["student"]),
+            "teacher_cls_cosine": math.nan if teacher_features is None else cross_volume_cosine(grouped["teacher"]),
+            "learning_rate": self.optimizer.param_groups[0]["lr"],
+            "teacher_temp": getattr(consistency, "teacher_temp", math.nan),
+        }

@@ -118,8 +118,9 @@ class ValidationLog:
         return text.getvalue()
 
 
-def plot_curve(epochs: list[int], values: list[float], title: str) -> Image.Image:
-    """Line plot of ``values`` against ``epochs`` with axes, ticks, a title and the maximum circled in red.
+def plot_curve(epochs: list[int], values: list[float], title: str, mark_best: bool = True) -> Image.Image:
+    """Line plot of ``values`` against ``epochs`` with axes, ticks, a title and (``mark_best``) the maximum circled
+    in red.
 
     Non-finite values are left out of the line. Returns a ``PLOT_SIZE`` RGB picture.
 
@@ -159,7 +160,7 @@ def plot_curve(epochs: list[int], values: list[float], title: str) -> Image.Imag
         draw.line(pixels, fill=(31, 119, 180), width=2)
     for x, y in pixels:
         draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=(31, 119, 180))
-    if points:
+    if points and mark_best:
         best = max(range(len(points)), key=lambda i: points[i][1])
         (x, y), (epoch, value) = pixels[best], points[best]
         draw.ellipse((x - 6, y - 6, x + 6, y + 6), outline="red", width=2)

@@ -28,28 +28,55 @@ class DINOConsistencyLoss(nn.Module):
     The centre ``c`` is an EMA (``center_momentum``) of the batch mean of teacher outputs, averaged over ranks
     under ``torch.distributed``. Call :meth:`update_center` once per step, after every term that uses it.
 
+    The teacher temperature can be warmed up (DINO): linear from ``warmup_teacher_temp`` at epoch 0 to
+    ``teacher_temp`` at ``warmup_teacher_temp_epochs``, then constant; call :meth:`set_epoch` as epochs go by.
+
     Args:
         out_dim: K, the number of logits.
         student_temp: tau_s (0.1).
-        teacher_temp: tau_t (0.04).
+        teacher_temp: tau_t (0.04) after the warm-up.
         center_momentum: centre EMA momentum (0.9).
+        warmup_teacher_temp: tau_t at epoch 0 (None: ``teacher_temp`` throughout).
+        warmup_teacher_temp_epochs: length of the warm-up in epochs.
 
     Shapes: ``teacher: [B, p, K]``, ``student: [B, n, K]`` -> scalar.
     """
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, teacher_temp: float = 0.04,
-                 center_momentum: float = 0.9) -> None:
+                 center_momentum: float = 0.9, warmup_teacher_temp: float | None = None,
+                 warmup_teacher_temp_epochs: int = 0) -> None:
         super().__init__()
-        if student_temp <= 0 or teacher_temp <= 0:
-            raise ValueError(f"temperatures must be positive, got {student_temp} and {teacher_temp}.")
+        self.final_teacher_temp = teacher_temp
+        self.warmup_teacher_temp = teacher_temp if warmup_teacher_temp is None else warmup_teacher_temp
+        if min(student_temp, teacher_temp, self.warmup_teacher_temp) <= 0:
+            raise ValueError(f"temperatures must be positive, got student {student_temp}, teacher {teacher_temp}, "
+                             f"warm-up teacher {warmup_teacher_temp}.")
+        if warmup_teacher_temp_epochs < 0:
+            raise ValueError(f"warmup_teacher_temp_epochs must be >= 0, got {warmup_teacher_temp_epochs}.")
+        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
         self.student_temp = student_temp
-        self.teacher_temp = teacher_temp
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, 1, out_dim))
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the teacher temperature of (0-based) ``epoch`` from the warm-up schedule."""
+        progress = min(epoch / self.warmup_teacher_temp_epochs, 1.0) if self.warmup_teacher_temp_epochs else 1.0
+        self.teacher_temp = self.warmup_teacher_temp + progress * (self.final_teacher_temp - self.warmup_teacher_temp)
+
+    def teacher_probs(self, teacher: torch.Tensor) -> torch.Tensor:
+        """The centred, sharpened teacher distribution ``softmax((t - c) / tau_t)``, ``[..., K]``, float32."""
+        return F.softmax((teacher.detach().float() - self.center.flatten()) / self.teacher_temp, dim=-1)
+
+    @torch.no_grad()
+    def teacher_entropy(self, teacher: torch.Tensor) -> torch.Tensor:
+        """Mean entropy (nats) of the teacher distribution; ``log K`` when it is uniform (collapse)."""
+        probs = self.teacher_probs(teacher)
+        return -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
 
     def forward(self, teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
         _check_pairs(teacher, student)
-        teacher_probs = F.softmax((teacher.float() - self.center) / self.teacher_temp, dim=-1).detach()
+        teacher_probs = self.teacher_probs(teacher)
         student_logp = F.log_softmax(student.float() / self.student_temp, dim=-1)
         # [B, p, n]: cross-entropy of every (teacher i, student j) pair of one volume
         cross = -torch.einsum("bik,bjk->bij", teacher_probs, student_logp)
@@ -79,3 +106,6 @@ class CosineConsistencyLoss(nn.Module):
 
     def update_center(self, teacher: torch.Tensor) -> None:
         """No state to update (kept so both forms share one interface)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """No schedule (kept so both forms share one interface)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -25,12 +26,15 @@ class GLMAELoss(nn.Module):
         loss_weights: weight per term, keys from ``LOSS_TERMS``; missing keys default to 1. A zero weight skips
             the term (it is reported as 0), which is how the ablation variants are expressed.
         norm_pix_loss: normalised-pixel reconstruction target.
-        student_temp, teacher_temp, center_momentum: DINO settings (ignored for BYOL).
+        student_temp, teacher_temp, center_momentum, warmup_teacher_temp, warmup_teacher_temp_epochs: DINO
+            settings (ignored for BYOL), see ``DINOConsistencyLoss``.
 
     ``forward`` takes the student's output dict (``GLMAE.forward``), the teacher's embeddings of the intact global
     views ``[B * p, K]`` (or None when no consistency term is used), and the views themselves
     (``[B * p, C, G³]`` and ``[B * q, C, L³]``), plus ``batch_size`` B to group views by volume. It returns
-    ``{"loss": total, "loss_rec_local": ..., "loss_rec_global": ..., "loss_g2g": ..., "loss_g2l": ...}``.
+    ``{"loss": total, "loss_rec_local": ..., "loss_rec_global": ..., "loss_g2g": ..., "loss_g2l": ...}``, plus
+    ``teacher_entropy`` (mean entropy of the teacher's centred, sharpened distribution, a collapse monitor: it
+    sits at ``log_k`` when the teacher is uniform) when a DINO consistency term runs.
     """
 
     def __init__(
@@ -43,6 +47,8 @@ class GLMAELoss(nn.Module):
         student_temp: float = 0.1,
         teacher_temp: float = 0.04,
         center_momentum: float = 0.9,
+        warmup_teacher_temp: float | None = None,
+        warmup_teacher_temp_epochs: int = 0,
     ) -> None:
         super().__init__()
         weights = dict(loss_weights or {})
@@ -56,11 +62,23 @@ class GLMAELoss(nn.Module):
             raise ValueError("at least one loss weight must be positive.")
         self.reconstruction = MaskedReconstructionLoss(patch_size, norm_pix_loss)
         if consistency == "dino":
-            self.consistency = DINOConsistencyLoss(head_out_dim, student_temp, teacher_temp, center_momentum)
+            self.consistency = DINOConsistencyLoss(head_out_dim, student_temp, teacher_temp, center_momentum,
+                                                   warmup_teacher_temp, warmup_teacher_temp_epochs)
         elif consistency == "byol":
             self.consistency = CosineConsistencyLoss()
         else:
             raise ValueError(f"consistency must be 'dino' or 'byol', got {consistency!r}.")
+
+    @property
+    def log_k(self) -> float:
+        """``log K``, the teacher entropy of a collapsed (uniform) DINO teacher; NaN for BYOL."""
+        if isinstance(self.consistency, DINOConsistencyLoss):
+            return math.log(self.consistency.center.shape[-1])
+        return math.nan
+
+    def set_epoch(self, epoch: int) -> None:
+        """Follow the (0-based) epoch in the consistency term's schedules (DINO's teacher-temperature warm-up)."""
+        self.consistency.set_epoch(epoch)
 
     def needs(self, kind: str) -> bool:
         """Whether ``kind`` ("global", "local", "teacher", "global_embedding" or "local_embedding") is used by any
@@ -84,6 +102,7 @@ class GLMAELoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         zero = next(iter(student.values())).new_zeros((), dtype=torch.float32)
         terms = dict.fromkeys(LOSS_TERMS, zero)
+        monitors = {}
         if self.weights["rec_local"] > 0:
             terms["rec_local"] = self.reconstruction(student["local_pred"], local_views, student["local_mask"])
         if self.weights["rec_global"] > 0:
@@ -96,6 +115,8 @@ class GLMAELoss(nn.Module):
             if self.weights["g2l"] > 0:
                 student_local = student["local_embedding"].reshape(batch_size, -1, teacher.shape[-1])
                 terms["g2l"] = self.consistency(teacher, student_local)
+            if isinstance(self.consistency, DINOConsistencyLoss):
+                monitors["teacher_entropy"] = self.consistency.teacher_entropy(teacher_embedding)
             self.consistency.update_center(teacher_embedding)
         total = sum(self.weights[t] * terms[t] for t in LOSS_TERMS)
-        return {"loss": total, **{f"loss_{t}": v for t, v in terms.items()}}
+        return {"loss": total, **{f"loss_{t}": v for t, v in terms.items()}, **monitors}

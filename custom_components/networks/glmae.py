@@ -10,11 +10,27 @@ import torch.nn as nn
 
 from custom_components.networks.decoder import MAEDecoder
 from custom_components.networks.heads import DINOHead, MLPHead
+from custom_components.networks.init import WEIGHT_INITS, mae_init_
 from custom_components.networks.vit import MaskedViTEncoder
 
-__all__ = ["GLMAE", "EMATeacher", "CONSISTENCY_FORMS"]
+__all__ = ["GLMAE", "EMATeacher", "CONSISTENCY_FORMS", "EMBEDDINGS"]
 
 CONSISTENCY_FORMS = ("dino", "byol")
+EMBEDDINGS = ("cls", "mean")
+
+
+def pool_tokens(latent: torch.Tensor, embedding: str) -> torch.Tensor:
+    """The view's feature ``[B, D]`` from encoder tokens ``[B, 1 + N, D]``: the CLS token, or the mean of the others."""
+    return latent[:, 0] if embedding == "cls" else latent[:, 1:].mean(dim=1)
+
+
+def project(head: nn.Module, features: torch.Tensor, fp32: bool) -> torch.Tensor:
+    """``head(features)``; with ``fp32`` outside autocast, in float32 (the logits are divided by small
+    temperatures, where bf16's 8-bit mantissa would blur the teacher's distribution)."""
+    if not fp32:
+        return head(features)
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        return head(features.float())
 
 
 class GLMAE(nn.Module):
@@ -33,6 +49,12 @@ class GLMAE(nn.Module):
             ``head_out_dim`` plus a predictor on the student).
         head_out_dim, head_hidden_dim, head_bottleneck_dim: projection head sizes.
         use_flash_attention: use ``scaled_dot_product_attention`` in every block.
+        embedding: what the projection head sees: ``"cls"`` (the CLS token, as in the GL-MAE figure) or ``"mean"``
+            (the mean of the visible patch tokens, as the author's classification branch pools).
+        weight_init: ``"mae"`` (xavier-uniform linear layers and patch embedding, truncated-normal CLS and mask
+            tokens, DINO's truncated-normal head; see ``mae_init_``) or ``"monai"`` (the blocks' own defaults).
+        drop_path_rate: stochastic depth of the student encoder (the EMA teacher runs without it).
+        head_fp32: run the projection head in float32 under autocast.
 
     Example::
 
@@ -60,14 +82,22 @@ class GLMAE(nn.Module):
         head_hidden_dim: int = 2048,
         head_bottleneck_dim: int = 256,
         use_flash_attention: bool = True,
+        embedding: str = "cls",
+        weight_init: str = "mae",
+        drop_path_rate: float = 0.0,
+        head_fp32: bool = True,
     ) -> None:
         super().__init__()
-        if consistency not in CONSISTENCY_FORMS:
-            raise ValueError(f"consistency must be one of {CONSISTENCY_FORMS}, got {consistency!r}.")
+        for name, value, choices in (("consistency", consistency, CONSISTENCY_FORMS),
+                                     ("embedding", embedding, EMBEDDINGS), ("weight_init", weight_init, WEIGHT_INITS)):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
         self.consistency = consistency
+        self.embedding = embedding
+        self.head_fp32 = head_fp32
         self.encoder = MaskedViTEncoder(
             in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers, num_heads, qkv_bias,
-            use_flash_attention=use_flash_attention,
+            use_flash_attention=use_flash_attention, drop_path_rate=drop_path_rate,
         )
         self.decoder = MAEDecoder(
             hidden_size, patch_size, in_channels, decoder_hidden_size, decoder_num_layers, decoder_num_heads,
@@ -79,17 +109,21 @@ class GLMAE(nn.Module):
         else:
             self.head = MLPHead(hidden_size, head_out_dim, head_hidden_dim)
             self.predictor = MLPHead(head_out_dim, head_out_dim, head_hidden_dim)
+        if weight_init == "mae":
+            mae_init_(self)
 
     def forward_view(self, views: torch.Tensor, mask_ratio: float, embed: bool = True) -> dict[str, torch.Tensor]:
         """Mask, encode, reconstruct and (when ``embed``) project one kind of view ``[B, C, H, W, D]``.
 
-        Returns ``pred [B, N, P³C]``, ``mask [B, N]`` and, when ``embed``, ``embedding [B, head_out_dim]`` (from the
-        CLS token).
+        Returns ``pred [B, N, P³C]``, ``mask [B, N]``, ``features [B, hidden_size]`` (the pooled token the head sees,
+        see ``embedding``) and, when ``embed``, ``embedding [B, head_out_dim]``.
         """
         latent, mask, ids_restore = self.encoder(views, mask_ratio)
-        out = {"pred": self.decoder(latent, ids_restore, self.encoder.token_grid(views.shape[2:])), "mask": mask}
+        features = pool_tokens(latent, self.embedding)
+        out = {"pred": self.decoder(latent, ids_restore, self.encoder.token_grid(views.shape[2:])), "mask": mask,
+               "features": features}
         if embed:
-            out["embedding"] = self.predictor(self.head(latent[:, 0]))
+            out["embedding"] = project(nn.Sequential(self.head, self.predictor), features, self.head_fp32)
         return out
 
     def forward(self, global_views: torch.Tensor | None, local_views: torch.Tensor | None,
@@ -99,7 +133,8 @@ class GLMAE(nn.Module):
         ``embed`` names the kinds whose CLS token goes through the projection head (the kinds a consistency term
         uses); the others skip the head.
 
-        Returns keys ``{global,local}_{pred,mask}`` and ``{kind}_embedding`` for the kinds given and embedded.
+        Returns keys ``{global,local}_{pred,mask,features}`` and ``{kind}_embedding`` for the kinds given and
+        embedded.
         """
         out: dict[str, torch.Tensor] = {}
         for kind, views in (("global", global_views), ("local", local_views)):
@@ -111,8 +146,9 @@ class GLMAE(nn.Module):
 class EMATeacher(nn.Module):
     """Exponential-moving-average copy of the student's encoder and projection head; it never gets gradients.
 
-    The teacher sees intact global views and returns their projected CLS embedding, the anchor of both
-    consistency terms. ``update`` moves it towards the student: ``t = m * t + (1 - m) * s``.
+    The teacher sees intact global views and returns their projected embedding (of the token the student's
+    ``embedding`` names), the anchor of both consistency terms. ``update`` moves it towards the student:
+    ``t = m * t + (1 - m) * s``.
 
     Args:
         student: the ``GLMAE`` network (unwrapped, or wrapped in DDP: ``.module`` is used).
@@ -123,6 +159,8 @@ class EMATeacher(nn.Module):
         student = getattr(student, "module", student)
         self.encoder = copy.deepcopy(student.encoder)
         self.head = copy.deepcopy(student.head)
+        self.embedding = student.embedding
+        self.head_fp32 = student.head_fp32
         self.requires_grad_(False)
         self.eval()
 
@@ -131,10 +169,13 @@ class EMATeacher(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, views: torch.Tensor) -> torch.Tensor:
-        """``views: [B, C, H, W, D]`` intact -> ``[B, head_out_dim]`` embeddings."""
+    def forward(self, views: torch.Tensor, return_features: bool = False):
+        """``views: [B, C, H, W, D]`` intact -> ``[B, head_out_dim]`` embeddings; with ``return_features``, the pair
+        ``(features [B, hidden_size], embeddings)``."""
         latent, _, _ = self.encoder(views, 0.0)
-        return self.head(latent[:, 0])
+        features = pool_tokens(latent, self.embedding)
+        embedding = project(self.head, features, self.head_fp32)
+        return (features, embedding) if return_features else embedding
 
     @torch.no_grad()
     def update(self, student: nn.Module, momentum: float) -> None:

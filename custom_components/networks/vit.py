@@ -9,11 +9,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
+from monai.networks.layers import DropPath
 from monai.utils import ensure_tuple_rep
 
 from custom_components.networks.pos_embed import sincos_position_embedding
 
-__all__ = ["MaskedViTEncoder", "random_masking"]
+__all__ = ["DropPathTransformerBlock", "MaskedViTEncoder", "random_masking"]
 
 
 def random_masking(num_samples: int, num_tokens: int, mask_ratio: float, device: torch.device | str):
@@ -36,6 +37,25 @@ def random_masking(num_samples: int, num_tokens: int, mask_ratio: float, device:
     return ids_shuffle[:, :num_keep], mask, ids_restore
 
 
+class DropPathTransformerBlock(TransformerBlock):
+    """MONAI's ``TransformerBlock`` with stochastic depth on both residual branches (DINO's student drop-path).
+
+    The parameters and their names are those of ``TransformerBlock``; ``drop_path_rate`` 0 computes exactly the
+    same function. Shapes: ``x: [B, N, hidden_size] -> [B, N, hidden_size]``.
+    """
+
+    def __init__(self, hidden_size: int, mlp_dim: int, num_heads: int, dropout_rate: float = 0.0,
+                 qkv_bias: bool = False, use_flash_attention: bool = False, drop_path_rate: float = 0.0) -> None:
+        super().__init__(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias,
+                         use_flash_attention=use_flash_attention)
+        self.drop_path = DropPath(drop_path_rate)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), attn_mask=attn_mask))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
 class MaskedViTEncoder(nn.Module):
     """3D ViT encoder with a CLS token, fixed sin-cos position embeddings for any view size, and MAE masking.
 
@@ -52,6 +72,7 @@ class MaskedViTEncoder(nn.Module):
         qkv_bias: bias in the qkv projection (True, as in the released GL-MAE encoder).
         dropout_rate: dropout in the transformer blocks.
         use_flash_attention: use ``torch.nn.functional.scaled_dot_product_attention``.
+        drop_path_rate: stochastic depth, rising linearly from 0 at the first block to this value at the last.
 
     Example::
 
@@ -72,9 +93,12 @@ class MaskedViTEncoder(nn.Module):
         qkv_bias: bool = True,
         dropout_rate: float = 0.0,
         use_flash_attention: bool = True,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         img_size = ensure_tuple_rep(img_size, 3)
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}.")
         if hidden_size % num_heads != 0:
             raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads}).")
         if hidden_size % 6 != 0:
@@ -90,8 +114,9 @@ class MaskedViTEncoder(nn.Module):
             dropout_rate=dropout_rate, spatial_dims=3,
         )
         self.blocks = nn.ModuleList(
-            TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias, use_flash_attention=use_flash_attention)
-            for _ in range(num_layers)
+            DropPathTransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias, use_flash_attention,
+                                     drop_path_rate * i / max(num_layers - 1, 1))
+            for i in range(num_layers)
         )
         self.norm = nn.LayerNorm(hidden_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))

@@ -1,0 +1,34 @@
+"""Collapse monitors of the consistency branch, computed from one step's features."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["cross_volume_cosine"]
+
+
+@torch.no_grad()
+def cross_volume_cosine(features: torch.Tensor) -> float:
+    """Mean cosine similarity between the features of views of *different* volumes.
+
+    A value near 1 means the encoder gives every volume the same embedding (a collapsed consistency branch);
+    views of the same volume are left out, since they should agree.
+
+    Args:
+        features: ``[B, n, D]``, the ``n`` views of each of ``B`` volumes.
+
+    Returns:
+        the mean over all pairs of views from different volumes, or NaN when ``B < 2``.
+    """
+    if features.ndim != 3:
+        raise ValueError(f"expected features [B, n, D], got shape {tuple(features.shape)}.")
+    num_volumes, num_views = features.shape[:2]
+    if num_volumes < 2:
+        return math.nan
+    unit = F.normalize(features.detach().float().flatten(0, 1), dim=-1)
+    volume = torch.arange(num_volumes, device=unit.device).repeat_interleave(num_views)
+    different = volume[:, None] != volume[None, :]
+    return (unit @ unit.T)[different].mean().item()

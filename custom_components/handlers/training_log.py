@@ -1,0 +1,196 @@
+"""Per-epoch training record of GL-MAE pre-training, with collapse monitors: CSV, TensorBoard, a PNG and warnings.
+
+The consistency branch can collapse silently: the teacher's distribution turns uniform (entropy at ``log K``) and
+every volume gets the same embedding, while the reconstruction loss keeps falling. This handler writes what shows
+it, every epoch, and warns when it happens.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+from PIL import Image, ImageDraw
+
+from custom_components.engines.monitors import cross_volume_cosine
+from custom_components.files import atomic_write
+from custom_components.handlers.validation_log import PLOT_SIZE, plot_curve
+
+__all__ = ["TrainingLog", "COLUMNS"]
+
+logger = logging.getLogger("custom_components")
+
+CSV_FILE, PLOT_FILE = "train_log.csv", "train_curves.png"
+COLUMNS = (
+    "epoch", "loss", "loss_rec_local", "loss_rec_global", "loss_g2g", "loss_g2l", "teacher_entropy", "log_k",
+    "student_cls_cosine", "teacher_cls_cosine", "learning_rate", "ema_momentum", "teacher_temp",
+)  # fmt: skip
+PLOTTED = ("loss_rec_local", "loss_g2g", "teacher_entropy", "teacher_cls_cosine")
+
+
+class TrainingLog:
+    """Write one row per epoch of means over its iterations to ``output_dir/train_log.csv``.
+
+    Columns: ``COLUMNS`` (empty where a value does not apply: ``teacher_entropy`` and ``log_k`` for BYOL, the
+    teacher columns without a consistency term). ``*_cls_cosine`` is the mean cosine between the embeddings of
+    different volumes of a batch; when batches hold one volume it is computed across the epoch's batches instead.
+    The same values go to TensorBoard (``epoch/<column>``) when ``tensorboard``, and ``train_curves.png`` draws
+    reconstruction, g2g, teacher entropy and teacher cosine against the epoch.
+
+    Collapse warning: from epoch ``check_after`` on, when for ``patience`` epochs in a row the teacher entropy
+    stays within ``entropy_margin`` (2 %) of ``log K`` or the teacher cosine above ``cosine_limit`` (0.99), a
+    warning is logged, and ``engine.state.consistency`` (shown by the progress bar) reads ``"COLLAPSED?"``
+    instead of ``"ok"`` until the monitors recover.
+
+    A resumed run keeps the rows of the epochs it resumes after and appends to them. Under ``torch.distributed``
+    only rank 0 writes (its own batches' values).
+
+    Args:
+        output_dir: folder of the CSV, the PNG and the TensorBoard events.
+        patience: epochs in a row before the warning.
+        check_after: first epoch that is checked (the teacher starts near uniform; give it the warm-up).
+        entropy_margin: relative distance to ``log K`` below which the teacher counts as uniform.
+        cosine_limit: teacher cosine across volumes above which the embeddings count as identical.
+        tensorboard: also write the epoch means to TensorBoard.
+        plot: also draw ``train_curves.png``.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, patience: int = 3, check_after: int = 1,
+                 entropy_margin: float = 0.02, cosine_limit: float = 0.99, tensorboard: bool = True,
+                 plot: bool = True) -> None:
+        if patience < 1 or check_after < 0 or not 0 < entropy_margin < 1 or not -1 <= cosine_limit <= 1:
+            raise ValueError(f"need patience >= 1, check_after >= 0, 0 < entropy_margin < 1 and cosine_limit in "
+                             f"[-1, 1], got {patience}, {check_after}, {entropy_margin}, {cosine_limit}.")
+        self.output_dir = Path(output_dir)
+        self.patience = patience
+        self.check_after = check_after
+        self.entropy_margin = entropy_margin
+        self.cosine_limit = cosine_limit
+        self.tensorboard = tensorboard
+        self.plot = plot
+        self.rows: list[dict[str, float]] = []
+        self.streak = 0
+        self._started = False
+        self._writer = None
+        self._reset_epoch()
+
+    def attach(self, engine: Engine) -> None:
+        engine.state.consistency = "-"
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+        engine.add_event_handler(Events.COMPLETED, self.close)
+
+    def _reset_epoch(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.features: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
+
+    def epoch_started(self, engine: Engine) -> None:
+        if not self._started:  # first epoch of this run: keep the rows a resumed run continues from
+            self._started = True
+            start_epoch = engine.state.epoch - 1
+            if start_epoch > 0:
+                self.rows = [row for row in _read_rows(self.output_dir / CSV_FILE) if row["epoch"] <= start_epoch]
+        self._reset_epoch()
+
+    def iteration_completed(self, engine: Engine) -> None:
+        for name, value in engine.state.output.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.sums[name] = self.sums.get(name, 0.0) + value
+                self.counts[name] = self.counts.get(name, 0) + 1
+        for name, value in (getattr(engine.state, "glmae_features", None) or {}).items():
+            if value is not None and value.shape[0] == 1:  # one volume per batch: pool over the epoch
+                self.features[name].append(value)
+
+    def epoch_completed(self, engine: Engine) -> None:
+        row = {"epoch": engine.state.epoch, **{n: self.sums[n] / self.counts[n] for n in self.sums}}
+        for name, vectors in self.features.items():
+            column = f"{name}_cls_cosine"
+            if column not in self.counts and len(vectors) > 1:
+                row[column] = cross_volume_cosine(torch.cat(vectors)[:, None])
+        self.rows.append({name: row[name] for name in COLUMNS if name in row})
+        self._check_collapse(engine, row)
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return
+        atomic_write(self.output_dir / CSV_FILE, lambda f: f.write(self._csv().encode()))
+        if self.tensorboard:
+            self._tensorboard(row)
+        if self.plot:
+            buffer = io.BytesIO()
+            self._plot().save(buffer, format="PNG")
+            atomic_write(self.output_dir / PLOT_FILE, lambda f: f.write(buffer.getvalue()))
+
+    def _check_collapse(self, engine: Engine, row: dict[str, float]) -> None:
+        entropy, log_k = row.get("teacher_entropy", math.nan), row.get("log_k", math.nan)
+        cosine = row.get("teacher_cls_cosine", math.nan)
+        if row["epoch"] < self.check_after or (math.isnan(entropy) and math.isnan(cosine)):
+            return
+        uniform = entropy >= (1.0 - self.entropy_margin) * log_k
+        identical = cosine > self.cosine_limit
+        self.streak = self.streak + 1 if uniform or identical else 0
+        if self.streak and self.streak % self.patience == 0:
+            engine.state.consistency = "COLLAPSED?"
+            logger.warning(
+                f"epoch {row['epoch']}: the consistency branch looks collapsed for the last {self.streak} epochs: "
+                f"teacher entropy {entropy:.3f} of log K {log_k:.3f}, teacher embedding cosine across volumes "
+                f"{cosine:.4f}. g2g/g2l are then at their trivial value and the run trains like a plain MAE. "
+                f"Check learning_rate, ema_momentum, teacher_temp, freeze_last_layer_epochs and the data's variety "
+                f"(see the pre-training bundle's README, 'Collapse')."
+            )
+        elif not self.streak:
+            if engine.state.consistency == "COLLAPSED?":
+                logger.info(f"epoch {row['epoch']}: the consistency branch recovered (teacher entropy {entropy:.3f} "
+                            f"of {log_k:.3f}, cosine {cosine:.4f}).")
+            engine.state.consistency = "ok"
+
+    def _csv(self) -> str:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=COLUMNS, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: f"{v:.6g}" for k, v in row.items()} for row in self.rows)
+        return text.getvalue()
+
+    def _tensorboard(self, row: dict[str, float]) -> None:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.output_dir))
+        for name, value in row.items():
+            if name != "epoch":
+                self._writer.add_scalar(f"epoch/{name}", value, row["epoch"])
+        self._writer.flush()
+
+    def _plot(self) -> Image.Image:
+        """The four monitors side by side (2 x 2), each against the epoch."""
+        width, height = PLOT_SIZE
+        canvas = Image.new("RGB", (2 * width, 2 * height), "white")
+        epochs = [row["epoch"] for row in self.rows]
+        for i, name in enumerate(PLOTTED):
+            values = [row.get(name, math.nan) for row in self.rows]
+            title = name + (f" (log K = {self.rows[-1]['log_k']:.3f})" if name == "teacher_entropy"
+                            and "log_k" in self.rows[-1] else "")
+            canvas.paste(plot_curve(epochs, values, title=title, mark_best=False), ((i % 2) * width, (i // 2) * height))
+        ImageDraw.Draw(canvas).line((0, height, 2 * width, height), fill=(200, 200, 200))
+        return canvas
+
+    def close(self, engine: Engine | None = None) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _read_rows(path: Path) -> list[dict[str, float]]:
+    """Rows of an existing ``train_log.csv`` as floats (empty cells dropped); none when there is no file."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v not in ("", None)}
+                for row in csv.DictReader(f)]
