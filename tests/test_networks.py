@@ -93,9 +93,11 @@ def test_glmae_output_shapes(consistency):
 
 def test_glmae_skips_missing_kind_and_rejects_unknown_consistency():
     net = GLMAE(img_size=32, **TINY)
-    assert set(net(None, torch.rand(2, 1, 32, 32, 32))) == {"local_pred", "local_mask", "local_embedding"}
-    with pytest.raises(ValueError, match="consistency"):
-        GLMAE(img_size=32, consistency="simclr", **TINY)
+    assert set(net(None, torch.rand(2, 1, 32, 32, 32))) == {"local_pred", "local_mask", "local_features",
+                                                             "local_embedding"}
+    for name in ("consistency", "embedding", "weight_init"):
+        with pytest.raises(ValueError, match=name):
+            GLMAE(img_size=32, **{name: "simclr"}, **TINY)
 
 
 def test_ema_teacher_update_math_and_no_grad():

@@ -24,7 +24,7 @@ TINY = {"hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "decoder_hidden_size":
 
 def tiny_workflow(tmp_path, **override):
     args = dict(dataset_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"),
-                output_dir=str(tmp_path / "runs"), num_volumes=3, volume_shape=[64, 64, 48], max_epochs=2,
+                output_dir=str(tmp_path / "runs"), num_volumes=3, volume_shape=[64, 64, 48], max_epochs=2, batch_size=2,
                 checkpoint_interval=1, preview_interval=1, log_interval=1) | TINY | override
     return make_workflow(BUNDLE, ["train.json", "quickstart.json"], **args)
 

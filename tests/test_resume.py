@@ -1,6 +1,7 @@
 """Resume after an interruption: the run continues from its newest checkpoint and ends where an uninterrupted run
 ends; checkpoints are complete files even when the process is killed."""
 
+import csv
 import glob
 import os
 import signal
@@ -52,6 +53,10 @@ def test_resumed_run_reaches_the_weights_of_an_uninterrupted_run(tmp_path):
             assert torch.allclose(a[part][key], b[part][key], atol=1e-6), (part, key)
     assert a["optimizer"]["state"][0]["step"] == b["optimizer"]["state"][0]["step"]
     assert a["lr_scheduler"] == b["lr_scheduler"]
+    # the resumed run's train_log.csv keeps the epochs before the interruption and continues it
+    logs = [list(csv.DictReader(open(tmp_path / run / "runs" / "train_log.csv"))) for run in ("a", "b")]
+    assert [row["epoch"] for row in logs[1]] == ["1", "2", "3"]
+    assert [float(row["loss"]) for row in logs[1]] == pytest.approx([float(row["loss"]) for row in logs[0]], rel=1e-4)
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
@@ -80,7 +85,7 @@ def test_sigkill_mid_run_then_resume_reaches_the_uninterrupted_weights(tmp_path)
     args = {"dataset_dir": tmp_path / "data", "num_volumes": 3, "volume_shape": "[64,64,48]", "hidden_size": 48,
             "mlp_dim": 96, "num_heads": 4, "decoder_hidden_size": 48, "decoder_num_layers": 1, "head_out_dim": 64,
             "head_hidden_dim": 64, "head_bottleneck_dim": 16, "checkpoint_interval": 1, "preview_interval": 100,
-            "max_epochs": 12}
+            "max_epochs": 12, "batch_size": 2}
     cwd, env = os.path.join(BUNDLES, "glmae_pretraining"), dict(os.environ, PYTHONPATH=REPO_ROOT)
 
     def command(run, **extra):

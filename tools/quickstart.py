@@ -11,6 +11,7 @@ command before running it. Outputs land in each bundle's ``models/`` and ``runs/
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shlex
@@ -34,6 +35,21 @@ def run_bundle(bundle: str, configs: list[str], overrides: dict[str, str]) -> No
     subprocess.run(command, cwd=cwd, env=env, check=True)
 
 
+def consistency_report(train_log: str) -> str:
+    """The last epoch's consistency terms and collapse monitors from a pre-training ``train_log.csv``."""
+    with open(train_log, newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    value = {k: float(v) for k, v in last.items() if v}
+    log_k = value.get("log_k", float("nan"))
+    alive = value.get("teacher_entropy", log_k) < 0.9 * log_k and value.get("teacher_cls_cosine", 1.0) < 0.95
+    return (f"consistency branch at epoch {last['epoch']}: g2g {value['loss_g2g']:.3f}, g2l {value['loss_g2l']:.3f}, "
+            f"teacher entropy {value.get('teacher_entropy', float('nan')):.3f} (trivial value log K = {log_k:.3f}), "
+            f"teacher embedding cosine across volumes {value.get('teacher_cls_cosine', float('nan')):.3f} "
+            f"-> {'alive' if alive else 'COLLAPSED (see the pre-training README, Collapse)'}\n"
+            f"reconstruction: local {value['loss_rec_local']:.4f}, global {value['loss_rec_global']:.4f} (MSE); "
+            f"curves: {os.path.relpath(os.path.join(os.path.dirname(train_log), 'train_curves.png'))}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-finetune", action="store_true", help="only run the pre-training bundle")
@@ -42,6 +58,7 @@ def main() -> None:
     run_bundle("glmae_pretraining", ["train.json", "quickstart.json"], {})
     encoder = os.path.join(BUNDLES, "glmae_pretraining", "models", "encoder.pt")
     print(f"\npre-training finished in {time.time() - start:.0f} s; encoder: {os.path.relpath(encoder)}")
+    print(consistency_report(os.path.join(BUNDLES, "glmae_pretraining", "runs", "train_log.csv")))
     if args.skip_finetune:
         return
     finetune = os.path.join(BUNDLES, "glmae_btcv_segmentation")

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from custom_components.engines.monitors import cross_volume_cosine
 from custom_components.files import atomic_write
-from custom_components.handlers.validation_log import PLOT_SIZE, plot_curve
+from custom_components.handlers.validation_log import PLOT_SIZE, plot_curves
 
 __all__ = ["TrainingLog", "COLUMNS"]
 
@@ -32,7 +32,12 @@ COLUMNS = (
     "epoch", "loss", "loss_rec_local", "loss_rec_global", "loss_g2g", "loss_g2l", "teacher_entropy", "log_k",
     "student_cls_cosine", "teacher_cls_cosine", "learning_rate", "ema_momentum", "teacher_temp",
 )  # fmt: skip
-PLOTTED = ("loss_rec_local", "loss_g2g", "teacher_entropy", "teacher_cls_cosine")
+PANELS = (  # title, columns, with a log K line
+    ("masked reconstruction (MSE)", ("loss_rec_local", "loss_rec_global"), False),
+    ("consistency (DINO cross-entropy)", ("loss_g2g", "loss_g2l"), True),
+    ("teacher entropy", ("teacher_entropy",), True),
+    ("embedding cosine across volumes", ("student_cls_cosine", "teacher_cls_cosine"), False),
+)
 
 
 class TrainingLog:
@@ -42,7 +47,7 @@ class TrainingLog:
     teacher columns without a consistency term). ``*_cls_cosine`` is the mean cosine between the embeddings of
     different volumes of a batch; when batches hold one volume it is computed across the epoch's batches instead.
     The same values go to TensorBoard (``epoch/<column>``) when ``tensorboard``, and ``train_curves.png`` draws
-    reconstruction, g2g, teacher entropy and teacher cosine against the epoch.
+    the reconstruction and consistency terms, the teacher entropy and the cosines against the epoch.
 
     Collapse warning: from epoch ``check_after`` on, when for ``patience`` epochs in a row the teacher entropy
     stays within ``entropy_margin`` (2 %) of ``log K`` or the teacher cosine above ``cosine_limit`` (0.99), a
@@ -169,15 +174,17 @@ class TrainingLog:
         self._writer.flush()
 
     def _plot(self) -> Image.Image:
-        """The four monitors side by side (2 x 2), each against the epoch."""
+        """Reconstruction, consistency, teacher entropy and cross-volume cosine against the epoch (2 x 2 panels);
+        a dashed line marks log K, the trivial value of the DINO terms."""
         width, height = PLOT_SIZE
         canvas = Image.new("RGB", (2 * width, 2 * height), "white")
         epochs = [row["epoch"] for row in self.rows]
-        for i, name in enumerate(PLOTTED):
-            values = [row.get(name, math.nan) for row in self.rows]
-            title = name + (f" (log K = {self.rows[-1]['log_k']:.3f})" if name == "teacher_entropy"
-                            and "log_k" in self.rows[-1] else "")
-            canvas.paste(plot_curve(epochs, values, title=title, mark_best=False), ((i % 2) * width, (i // 2) * height))
+        log_k = self.rows[-1].get("log_k")
+        for i, (title, names, hline) in enumerate(PANELS):
+            series = {name: [row.get(name, math.nan) for row in self.rows] for name in names}
+            title = title + (f" (dashed: log K = {log_k:.3f})" if hline and log_k is not None else "")
+            panel = plot_curves(epochs, series, title=title, hline=log_k if hline else None)
+            canvas.paste(panel, ((i % 2) * width, (i // 2) * height))
         ImageDraw.Draw(canvas).line((0, height, 2 * width, height), fill=(200, 200, 200))
         return canvas
 

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from custom_components.files import atomic_write
 
-__all__ = ["ValidationLog", "plot_curve"]
+__all__ = ["ValidationLog", "plot_curve", "plot_curves"]
 
 logger = logging.getLogger("custom_components")
 
@@ -120,21 +120,37 @@ class ValidationLog:
 
 def plot_curve(epochs: list[int], values: list[float], title: str, mark_best: bool = True) -> Image.Image:
     """Line plot of ``values`` against ``epochs`` with axes, ticks, a title and (``mark_best``) the maximum circled
-    in red.
-
-    Non-finite values are left out of the line. Returns a ``PLOT_SIZE`` RGB picture.
+    in red. Non-finite values are left out of the line. Returns a ``PLOT_SIZE`` RGB picture.
 
     Raises:
         ValueError: ``epochs`` is empty or ``values`` has another length.
     """
-    if not epochs or len(epochs) != len(values):
-        raise ValueError(f"plot_curve needs one value per epoch, got {len(epochs)} epochs and {len(values)} values.")
+    return plot_curves(epochs, {"": values}, title, mark_best=mark_best)
+
+
+COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
+
+
+def plot_curves(epochs: list[int], series: dict[str, list[float]], title: str, mark_best: bool = False,
+                hline: float | None = None) -> Image.Image:
+    """Several lines against ``epochs`` in one ``PLOT_SIZE`` picture, with a legend of the series' names (unnamed
+    series get none), an optional dashed horizontal reference line at ``hline``, and with ``mark_best`` the
+    maximum of the first series circled in red. Non-finite values are left out of the lines.
+
+    Raises:
+        ValueError: ``epochs`` is empty, a series has another length, or there are no series.
+    """
+    if not epochs or not series or any(len(v) != len(epochs) for v in series.values()):
+        raise ValueError(f"plot_curves needs one value per epoch in every series, got {len(epochs)} epochs and "
+                         f"series of lengths {[len(v) for v in series.values()]}.")
     width, height = PLOT_SIZE
     left, top, right, bottom = MARGINS
     x1, y1 = width - right, height - bottom
-    points = [(e, v) for e, v in zip(epochs, values, strict=True) if math.isfinite(v)]
+    lines = {name: [(e, v) for e, v in zip(epochs, values, strict=True) if math.isfinite(v)]
+             for name, values in series.items()}
+    finite = [v for points in lines.values() for _, v in points] + ([hline] if hline is not None else [])
     x_ticks = _ticks(min(epochs), max(epochs), max_ticks=8, integer=True)
-    y_ticks = _ticks(min((v for _, v in points), default=0.0), max((v for _, v in points), default=1.0), max_ticks=6)
+    y_ticks = _ticks(min(finite, default=0.0), max(finite, default=1.0), max_ticks=6)
 
     def to_pixel(epoch: float, value: float) -> tuple[float, float]:
         x = left + (epoch - x_ticks[0]) / (x_ticks[-1] - x_ticks[0]) * (x1 - left)
@@ -155,14 +171,24 @@ def plot_curve(epochs: list[int], values: list[float], title: str, mark_best: bo
         draw.text((left - 8, y), f"{value:.4g}", fill="black", anchor="rm")
     draw.line((left, top, left, y1, x1, y1), fill="black")
     draw.text(((left + x1) / 2, height - 6), "epoch", fill="black", anchor="mb")
-    pixels = [to_pixel(e, v) for e, v in points]
-    if len(pixels) > 1:
-        draw.line(pixels, fill=(31, 119, 180), width=2)
-    for x, y in pixels:
-        draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=(31, 119, 180))
-    if points and mark_best:
-        best = max(range(len(points)), key=lambda i: points[i][1])
-        (x, y), (epoch, value) = pixels[best], points[best]
+    if hline is not None:
+        _, y = to_pixel(x_ticks[0], hline)
+        for x in range(left, x1, 12):
+            draw.line((x, y, min(x + 6, x1), y), fill=(120, 120, 120))
+    for i, (name, points) in enumerate(lines.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        pixels = [to_pixel(e, v) for e, v in points]
+        if len(pixels) > 1:
+            draw.line(pixels, fill=colour, width=2)
+        if len(points) < 60:
+            for x, y in pixels:
+                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+        if name:
+            draw.text((x1 - 4, top + 4 + 14 * i), name, fill=colour, anchor="ra")
+    first = next(iter(lines.values()))
+    if first and mark_best:
+        best = max(range(len(first)), key=lambda i: first[i][1])
+        (x, y), (epoch, value) = to_pixel(*first[best]), first[best]
         draw.ellipse((x - 6, y - 6, x + 6, y + 6), outline="red", width=2)
         draw.text((x, y - 9), f"best {value:.4g} @ {epoch}", fill="red", anchor=_label_anchor(x, left, x1))
     return canvas
