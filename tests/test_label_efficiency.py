@@ -42,3 +42,13 @@ def test_paper_preset_needs_real_datalists(tmp_path):
 
     with pytest.raises(SystemExit):
         study.parse_args(["--preset", "paper", "--out", str(tmp_path)])
+
+
+def test_pretrain_per_seed_pre_trains_each_arm_with_each_seed(tmp_path):
+    study.main(["--preset", "tiny", "--out", str(tmp_path), "--arms", "+g2l (GL-MAE)", "--budgets", "1",
+                "--seeds", "0", "1", "--pretrain-per-seed"])
+    for seed in (0, 1):
+        assert (tmp_path / "pretrain" / f"g2l__gl_mae_s{seed}" / "models" / "encoder.pt").exists()
+        log = (tmp_path / "finetune" / f"g2l__gl_mae_n1_s{seed}" / "log.txt").read_text()
+        assert f"g2l__gl_mae_s{seed}" in log
+    assert not (tmp_path / "pretrain" / "g2l__gl_mae").exists()

@@ -82,14 +82,16 @@ def run_bundle(bundle: str, configs: list[str], overrides: dict, log_file: str) 
         raise RuntimeError(f"{bundle} failed (exit {result.returncode}); see {log_file}")
 
 
-def pretrain(arm: str, overlays: list[str], preset: dict, args: argparse.Namespace) -> str:
-    """Pre-train one ablation variant (skipped when its encoder exists); returns the encoder path."""
-    folder = os.path.join(args.out, "pretrain", slug(arm))
+def pretrain(arm: str, overlays: list[str], preset: dict, args: argparse.Namespace, seed: int | None = None) -> str:
+    """Pre-train one ablation variant (skipped when its encoder exists), with ``seed`` when given; returns the
+    encoder path."""
+    folder = os.path.join(args.out, "pretrain", slug(arm) + ("" if seed is None else f"_s{seed}"))
     encoder = os.path.join(folder, "models", "encoder.pt")
     if os.path.exists(os.path.join(folder, "done")):
         return encoder
     configs, overrides = preset["pretrain"]
     overrides = overrides | common_overrides(args) | {"ckpt_dir": os.path.join(folder, "models"), "output_dir": folder}
+    overrides |= {} if seed is None else {"seed": seed}
     if args.pretrain_datalist:
         overrides["datalist"] = args.pretrain_datalist
     else:
@@ -206,6 +208,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--budgets", nargs="+", type=int, help="labelled training volumes (default: the preset's)")
     parser.add_argument("--seeds", nargs="+", type=int, help="fine-tuning seeds (default: the preset's)")
+    parser.add_argument("--pretrain-per-seed", action="store_true",
+                        help="pre-train every arm once per seed (with that seed), so the spread over seeds includes "
+                             "pre-training; by default each arm is pre-trained once and the seeds vary fine-tuning")
     parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: the bundles' choice)")
     parser.add_argument("--pretrain-datalist", help="unlabelled datalist (default: synthetic data)")
     parser.add_argument("--finetune-datalist", help="labelled datalist with folds (default: synthetic data)")
@@ -227,7 +232,8 @@ def main(argv: list[str] | None = None) -> dict:
     for index, (arm, budget, seed) in enumerate(runs, 1):
         if (arm, budget, seed) in done:
             continue
-        encoder = pretrain(arm, ARMS[arm], preset, args) if ARMS[arm] is not None else None
+        pretrain_seed = seed if args.pretrain_per_seed else None
+        encoder = pretrain(arm, ARMS[arm], preset, args, pretrain_seed) if ARMS[arm] is not None else None
         dice = finetune(arm, encoder, budget, seed, preset, args)
         append_result(results_csv, {"arm": arm, "budget": budget, "seed": seed, "dice": dice})
         print(f"[{index}/{len(runs)}] {arm}, {budget} labelled, seed {seed}: Dice {dice:.4f} "
