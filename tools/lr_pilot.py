@@ -42,7 +42,7 @@ PRESETS = {
     "cpu-large": (["quickstart.json"], {
         "volume_shape": [96, 96, 64], "global_size": [96, 96, 96], "local_size": [48, 48, 48],
         "roi_size": [48, 48, 48], "hidden_size": 192, "mlp_dim": 768, "num_layers": 8, "num_heads": 6,
-        "decoder_hidden_size": 128, "decoder_num_layers": 2, "decoder_num_heads": 4, "max_epochs": 100,
+        "decoder_hidden_size": 128, "decoder_num_layers": 2, "decoder_num_heads": 4,
     }),
     "paper": ([], {}),
 }
