@@ -13,6 +13,8 @@ Every run is a ``python -m monai.bundle run`` command (printed before it runs) w
 second invocation skips what is already done, so an interrupted study resumes where it stopped.
 
     python tools/label_efficiency.py --preset cpu --out study          # synthetic data, ~30 min on 2 CPU cores
+    python tools/label_efficiency.py --preset cpu --out study --arms scratch "local_rec (MAE3D)" "+g2l (GL-MAE)" \
+        --seeds 0 1 2 --pretrain-per-seed                              # 3 arms x 3 seeds, pre-training included
     python tools/label_efficiency.py --preset paper --out study \\
         --pretrain-datalist /data/ct/dataset.json --finetune-datalist /data/btcv/dataset_0.json
 """
