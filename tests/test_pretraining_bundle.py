@@ -156,7 +156,7 @@ def test_crops_on_device_overlay_trains_the_same_as_the_default_pipeline(tmp_pat
                           ("on_device", ["train.json", "quickstart.json", "crops_on_device.json"])):
         args = dict(dataset_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / name / "models"),
                     output_dir=str(tmp_path / name / "runs"), num_volumes=3, volume_shape=[64, 64, 48], max_epochs=2,
-                    num_workers=0, preview_interval=10) | TINY
+                    batch_size=2, num_workers=0, preview_interval=10) | TINY
         workflow = make_workflow(BUNDLE, configs, **args)
         workflow.initialize()
         trainer = workflow.parser.get_parsed_content("train#trainer")
