@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from label_efficiency import run_bundle  # noqa: E402
 
+from custom_components.handlers.training_log import read_training_log  # noqa: E402
 from custom_components.handlers.validation_log import PLOT_SIZE, plot_curves  # noqa: E402
 
 #: pre-training overlays and overrides of each preset (on train.json)
@@ -51,11 +52,6 @@ SUMMARY = ("loss_rec_local", "loss_rec_global", "loss_g2g", "loss_g2l", "teacher
 PANELS = (("loss_rec_local", False), ("loss_g2g", True), ("teacher_entropy", True), ("teacher_cls_cosine", False))
 
 
-def read_log(path: str) -> list[dict[str, float]]:
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
-
-
 def summary(rows: list[dict[str, float]]) -> dict[str, float]:
     """Means of ``SUMMARY`` over the last 10 % of epochs (at least one)."""
     tail = rows[-max(1, len(rows) // 10):]
@@ -67,7 +63,7 @@ def plot(path: str, logs: dict[str, list[dict[str, float]]]) -> None:
     canvas = Image.new("RGB", (2 * width, 2 * height), "white")
     for i, (name, with_log_k) in enumerate(PANELS):
         longest = max(logs.values(), key=len)
-        epochs = [int(r["epoch"]) for r in longest]
+        epochs = [r["epoch"] for r in longest]
         series = {f"lr {lr}": [r.get(name, math.nan) for r in rows] + [math.nan] * (len(epochs) - len(rows))
                   for lr, rows in logs.items()}
         log_k = longest[-1].get("log_k") if with_log_k else None
@@ -108,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             os.makedirs(folder, exist_ok=True)
             run_bundle("glmae_pretraining", ["train.json", *overlays], overrides, os.path.join(folder, "log.txt"))
             open(os.path.join(folder, "done"), "w").close()
-        logs[f"{lr:g}"] = read_log(log)
+        logs[f"{lr:g}"] = read_training_log(log)
     results = {lr: summary(rows) for lr, rows in logs.items()}
     with open(os.path.join(args.out, "lr_pilot.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["lr", *SUMMARY])

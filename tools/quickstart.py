@@ -11,7 +11,6 @@ command before running it. Outputs land in each bundle's ``models/`` and ``runs/
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shlex
@@ -20,6 +19,11 @@ import sys
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # run as `python tools/quickstart.py` from a checkout without installing
+    sys.path.insert(0, REPO_ROOT)
+
+from custom_components.handlers.training_log import read_training_log  # noqa: E402
+
 BUNDLES = os.path.join(REPO_ROOT, "bundles")
 
 
@@ -37,12 +41,10 @@ def run_bundle(bundle: str, configs: list[str], overrides: dict[str, str]) -> No
 
 def consistency_report(train_log: str) -> str:
     """The last epoch's consistency terms and collapse monitors from a pre-training ``train_log.csv``."""
-    with open(train_log, newline="") as f:
-        last = list(csv.DictReader(f))[-1]
-    value = {k: float(v) for k, v in last.items() if v}
+    value = read_training_log(train_log)[-1]
     log_k = value.get("log_k", float("nan"))
     alive = value.get("teacher_entropy", log_k) < 0.9 * log_k and value.get("teacher_cls_cosine", 1.0) < 0.95
-    return (f"consistency branch at epoch {last['epoch']}: g2g {value['loss_g2g']:.3f}, g2l {value['loss_g2l']:.3f}, "
+    return (f"consistency branch at epoch {value['epoch']}: g2g {value['loss_g2g']:.3f}, g2l {value['loss_g2l']:.3f}, "
             f"teacher entropy {value.get('teacher_entropy', float('nan')):.3f} (trivial value log K = {log_k:.3f}), "
             f"teacher embedding cosine across volumes {value.get('teacher_cls_cosine', float('nan')):.3f} "
             f"-> {'alive' if alive else 'COLLAPSED (see the pre-training README, Collapse)'}\n"

@@ -45,10 +45,11 @@ class GLMAETrainer(SupervisedTrainer):
     ``engine.state.output`` holds ``loss`` and every term (``loss_rec_local``, ``loss_rec_global``, ``loss_g2g``,
     ``loss_g2l``) as floats, plus the collapse monitors: ``teacher_entropy`` (DINO only) and ``log_k``,
     ``student_cls_cosine`` and ``teacher_cls_cosine`` (mean cosine between the pooled tokens the heads see, of
-    views of different volumes of the batch; NaN with one volume per batch, or without a teacher), and the
-    ``learning_rate``, ``ema_momentum`` and ``teacher_temp`` of the step. ``engine.state.glmae_features`` holds
-    this step's per-volume features ``{"student": [B, D], "teacher": [B, D] or None}`` on the CPU, for monitors
-    that pool over an epoch when batches hold one volume.
+    views of different volumes of the batch; left out with one volume per batch, and the teacher's without a
+    teacher), and the
+    ``learning_rate``, ``ema_momentum`` and ``teacher_temp`` of the step. With one volume per batch,
+    ``engine.state.glmae_features`` holds the step's features ``{"student": [1, D], "teacher": [1, D] or None}``
+    on the CPU, for monitors that pool over the epoch instead (None otherwise).
 
     Args:
         device, max_epochs, train_data_loader, network, optimizer, epoch_length, train_handlers,
@@ -150,8 +151,9 @@ class GLMAETrainer(SupervisedTrainer):
             teacher_features, teacher = (engine.teacher(global_views, return_features=True) if loss_fn.needs("teacher")
                                          else (None, None))
             losses = loss_fn(student, teacher, global_views, local_views, batch_size)
-        # one device-to-host transfer for the finiteness check and the logged terms
-        terms = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
+        values = {**losses, **engine._cosines(student, teacher_features, batch_size)}
+        # one device-to-host transfer for the finiteness check, the logged terms and the monitors
+        terms = dict(zip(values, torch.stack([v.detach().float() for v in values.values()]).tolist()))
         if not math.isfinite(terms["loss"]):
             raise FloatingPointError(
                 f"GL-MAE loss is not finite at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
@@ -170,20 +172,20 @@ class GLMAETrainer(SupervisedTrainer):
                 torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.clip_grad_norm)
             engine.optimizer.step()
             engine.teacher.update(engine.network, momentum)
-        engine.state.output = {**terms, **engine._monitors(student, teacher_features, batch_size), "ema_momentum": momentum}
+        engine.state.output = {
+            **terms, "log_k": loss_fn.log_k, "learning_rate": engine.optimizer.param_groups[0]["lr"],
+            "teacher_temp": getattr(loss_fn.consistency, "teacher_temp", math.nan), "ema_momentum": momentum,
+        }
         return engine.state.output
 
-    def _monitors(self, student: dict, teacher_features: torch.Tensor | None, batch_size: int) -> dict[str, float]:
-        """The step's collapse monitors (see the class docstring); also sets ``state.glmae_features``."""
+    def _cosines(self, student: dict, teacher_features: torch.Tensor | None, batch_size: int) -> dict[str, torch.Tensor]:
+        """``student_cls_cosine`` and ``teacher_cls_cosine`` as 0-d device tensors (see the class docstring), none with
+        one volume per batch, when ``state.glmae_features`` is set instead."""
         kind = "global" if "global_features" in student else "local"
         features = {"student": student[f"{kind}_features"].detach(), "teacher": teacher_features}
         grouped = {k: None if v is None else v.float().reshape(batch_size, -1, v.shape[-1]) for k, v in features.items()}
-        self.state.glmae_features = {k: None if v is None else v.mean(1).cpu() for k, v in grouped.items()}
-        consistency = self.loss_function.consistency
-        return {
-            "log_k": self.loss_function.log_k,
-            "student_cls_cosine": cross_volume_cosine(grouped["student"]),
-            "teacher_cls_cosine": math.nan if teacher_features is None else cross_volume_cosine(grouped["teacher"]),
-            "learning_rate": self.optimizer.param_groups[0]["lr"],
-            "teacher_temp": getattr(consistency, "teacher_temp", math.nan),
-        }
+        self.state.glmae_features = ({k: None if v is None else v.mean(1).cpu() for k, v in grouped.items()}
+                                     if batch_size == 1 else None)
+        if batch_size == 1:
+            return {}
+        return {f"{k}_cls_cosine": cross_volume_cosine(v) for k, v in grouped.items() if v is not None}

@@ -11,7 +11,7 @@ __all__ = ["cross_volume_cosine"]
 
 
 @torch.no_grad()
-def cross_volume_cosine(features: torch.Tensor) -> float:
+def cross_volume_cosine(features: torch.Tensor) -> torch.Tensor:
     """Mean cosine similarity between the features of views of *different* volumes.
 
     A value near 1 means the encoder gives every volume the same embedding (a collapsed consistency branch);
@@ -21,14 +21,15 @@ def cross_volume_cosine(features: torch.Tensor) -> float:
         features: ``[B, n, D]``, the ``n`` views of each of ``B`` volumes.
 
     Returns:
-        the mean over all pairs of views from different volumes, or NaN when ``B < 2``.
+        a 0-d float tensor on the features' device (no host transfer): the mean over all pairs of views from
+        different volumes, or NaN when ``B < 2``.
     """
     if features.ndim != 3:
         raise ValueError(f"expected features [B, n, D], got shape {tuple(features.shape)}.")
     num_volumes, num_views = features.shape[:2]
     if num_volumes < 2:
-        return math.nan
+        return features.new_tensor(math.nan, dtype=torch.float32)
     unit = F.normalize(features.detach().float().flatten(0, 1), dim=-1)
     volume = torch.arange(num_volumes, device=unit.device).repeat_interleave(num_views)
     different = volume[:, None] != volume[None, :]
-    return (unit @ unit.T)[different].mean().item()
+    return (unit @ unit.T)[different].mean()

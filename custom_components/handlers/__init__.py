@@ -5,10 +5,10 @@ from custom_components.handlers.export import EncoderExport
 from custom_components.handlers.preview import ReconstructionPreview
 from custom_components.handlers.progress import ProgressBarHandler
 from custom_components.handlers.seeding import SeedEachEpoch
-from custom_components.handlers.training_log import TrainingLog
+from custom_components.handlers.training_log import TrainingLog, read_training_log
 from custom_components.handlers.validation_log import ValidationLog
 
 __all__ = [
     "EncoderExport", "ProgressBarHandler", "ReconstructionPreview", "SeedEachEpoch", "TrainingCheckpointLoader", "TrainingCheckpointSaver",
-    "TrainingLog", "ValidationLog", "handlers_for_rank", "latest_checkpoint",
+    "TrainingLog", "ValidationLog", "handlers_for_rank", "latest_checkpoint", "read_training_log",
 ]

@@ -23,7 +23,7 @@ from custom_components.engines.monitors import cross_volume_cosine
 from custom_components.files import atomic_write
 from custom_components.handlers.validation_log import PLOT_SIZE, plot_curves
 
-__all__ = ["TrainingLog", "COLUMNS"]
+__all__ = ["TrainingLog", "COLUMNS", "read_training_log"]
 
 logger = logging.getLogger("custom_components")
 
@@ -103,7 +103,7 @@ class TrainingLog:
             self._started = True
             start_epoch = engine.state.epoch - 1
             if start_epoch > 0:
-                self.rows = [row for row in _read_rows(self.output_dir / CSV_FILE) if row["epoch"] <= start_epoch]
+                self.rows = [row for row in read_training_log(self.output_dir / CSV_FILE) if row["epoch"] <= start_epoch]
         self._reset_epoch()
 
     def iteration_completed(self, engine: Engine) -> None:
@@ -120,7 +120,7 @@ class TrainingLog:
         for name, vectors in self.features.items():
             column = f"{name}_cls_cosine"
             if column not in self.counts and len(vectors) > 1:
-                row[column] = cross_volume_cosine(torch.cat(vectors)[:, None])
+                row[column] = cross_volume_cosine(torch.cat(vectors)[:, None]).item()
         self.rows.append({name: row[name] for name in COLUMNS if name in row})
         self._check_collapse(engine, row)
         if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
@@ -194,8 +194,9 @@ class TrainingLog:
             self._writer = None
 
 
-def _read_rows(path: Path) -> list[dict[str, float]]:
-    """Rows of an existing ``train_log.csv`` as floats (empty cells dropped); none when there is no file."""
+def read_training_log(path: str | os.PathLike) -> list[dict[str, float]]:
+    """Rows of a ``train_log.csv`` as numbers (``epoch`` an int, empty cells dropped); none when there is no file."""
+    path = Path(path)
     if not path.is_file():
         return []
     with open(path, newline="") as f:
