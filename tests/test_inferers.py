@@ -5,7 +5,7 @@ import torch
 from monai.inferers import SlidingWindowInferer
 
 import custom_components.inferers as inferers
-from custom_components.inferers import CPUAutocastSlidingWindowInferer
+from custom_components.inferers import CPUAutocastSimpleInferer, CPUAutocastSlidingWindowInferer
 
 
 class Probe(torch.nn.Module):
@@ -39,3 +39,24 @@ def test_autocast_only_when_asked_and_native(monkeypatch, native, cpu_amp):
         assert not torch.equal(ours, plain) and torch.allclose(ours, plain, atol=3e-2)  # bf16 windows, fp32 blend
     else:
         assert torch.equal(ours, plain)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_training_inferer_autocasts_and_hands_the_loss_fp32(monkeypatch, native):
+    """Fine-tuning on a native-bf16 CPU runs the network in bf16 (MONAI's trainer autocasts only on CUDA), the loss
+    sees fp32 outputs and gradients reach the fp32 weights."""
+    monkeypatch.setattr(inferers, "native_bf16", lambda device: native)
+    net = Probe()
+    out = CPUAutocastSimpleInferer(cpu_amp=True)(torch.rand(2, 1, 8, 8, 8), net)
+    assert net.autocast_seen == [native] and out.dtype == torch.float32
+    out.square().mean().backward()
+    assert net.conv.weight.grad is not None and net.conv.weight.grad.dtype == torch.float32
+
+
+def test_bundles_train_with_the_autocast_inferer():
+    """train.json of every segmentation bundle hands ``amp`` to a CPU-autocast training inferer."""
+    from bundle_utils import segmentation_bundles, make_workflow
+    for bundle in segmentation_bundles():
+        workflow = make_workflow(bundle, ["train.json"], amp=True)
+        inferer = workflow.parser.get_parsed_content("train#inferer")
+        assert isinstance(inferer, CPUAutocastSimpleInferer) and inferer.cpu_amp, bundle

@@ -1,7 +1,6 @@
 """Datalist readers and writers, and the synthetic CT generator used instead of downloads."""
 
 from .datalist import inference_datalist, load_datalist, write_datalist_from_folder
-from .partition import rank_partition
 from .synthetic import ensure_synthetic_dataset, make_synthetic_ct, write_synthetic_dataset
 
 __all__ = [
@@ -9,7 +8,6 @@ __all__ = [
     "inference_datalist",
     "load_datalist",
     "make_synthetic_ct",
-    "rank_partition",
     "write_datalist_from_folder",
     "write_synthetic_dataset",
 ]

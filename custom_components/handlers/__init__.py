@@ -1,5 +1,5 @@
 from custom_components.handlers.checkpoint import (
-    TrainingCheckpointLoader, TrainingCheckpointSaver, handlers_for_rank, latest_checkpoint,
+    TrainingCheckpointLoader, TrainingCheckpointSaver, latest_checkpoint,
 )
 from custom_components.handlers.export import EncoderExport
 from custom_components.handlers.preview import ReconstructionPreview
@@ -10,5 +10,5 @@ from custom_components.handlers.validation_log import ValidationLog
 
 __all__ = [
     "EncoderExport", "ProgressBarHandler", "ReconstructionPreview", "SeedEachEpoch", "TrainingCheckpointLoader", "TrainingCheckpointSaver",
-    "TrainingLog", "ValidationLog", "handlers_for_rank", "latest_checkpoint", "read_training_log",
+    "TrainingLog", "ValidationLog", "latest_checkpoint", "read_training_log",
 ]

@@ -7,17 +7,13 @@ import os
 import re
 
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine
 from ignite.handlers import DiskSaver
 from ignite.handlers.checkpoint import BaseSaveHandler
-from monai.handlers import CheckpointLoader, CheckpointSaver, LrScheduleHandler, ValidationHandler
-
-from custom_components.handlers.seeding import SeedEachEpoch
+from monai.handlers import CheckpointLoader, CheckpointSaver
 
 __all__ = [
-    "CPUSaveHandler", "TrainingCheckpointLoader", "TrainingCheckpointSaver", "handlers_for_rank", "latest_checkpoint",
-    "to_cpu",
+    "CPUSaveHandler", "TrainingCheckpointLoader", "TrainingCheckpointSaver", "latest_checkpoint", "to_cpu",
 ]
 
 
@@ -129,13 +125,3 @@ class TrainingCheckpointLoader(CheckpointLoader):
         self.logger.info(f"resumed from {self.load_path} at epoch {engine.state.epoch}, "
                          f"iteration {engine.state.iteration}")
 
-
-#: Handlers that every rank must run under torch.distributed; the others (logging, saving, previews) run on rank 0.
-EVERY_RANK = (LrScheduleHandler, ValidationHandler, CheckpointLoader, SeedEachEpoch)
-
-
-def handlers_for_rank(handlers: list) -> list:
-    """All ``handlers`` on rank 0 (or without torch.distributed); on other ranks only those in ``EVERY_RANK``."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
-        return list(handlers)
-    return [h for h in handlers if isinstance(h, EVERY_RANK)]
