@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 from monai.bundle import ConfigWorkflow
 
-from conftest import REPO_ROOT
-
-BUNDLES = os.path.join(REPO_ROOT, "bundles")
+import conftest  # noqa: F401  (puts the repository root on sys.path for `tools`)
+from tools.bundle_run import BUNDLES, run_bundle
 
 
 def config_path(bundle: str, *names: str) -> list[str]:
@@ -41,16 +37,12 @@ def run_workflow(workflow: ConfigWorkflow) -> ConfigWorkflow:
 
 
 def run_torchrun(bundle: str, configs: list[str], nproc: int = 2, timeout: int = 300, **override) -> None:
-    """``torchrun --standalone --nproc_per_node=nproc -m monai.bundle run`` in the bundle folder, on CPU (gloo)."""
-    config_arg = "[" + ",".join(f"'configs/{c}'" for c in configs) + "]"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
-               "monai.bundle", "run", "--config_file", config_arg]
-    for key, value in override.items():
-        command += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict)) else str(value)]
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS="1")
-    result = subprocess.run(command, cwd=os.path.join(BUNDLES, bundle), env=env, capture_output=True, text=True,
-                            timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    """``torchrun --standalone --nproc_per_node=nproc -m monai.bundle run`` in the bundle folder, on CPU (gloo), one
+    thread per process; fails the test with the tail of the output when it exits non-zero or runs past ``timeout``."""
+    try:
+        run_bundle(bundle, configs, override, nproc=nproc, timeout=timeout, env={"OMP_NUM_THREADS": "1"}, capture=True)
+    except RuntimeError as error:
+        raise AssertionError(str(error)) from None
 
 
 def error_chain(exc: BaseException) -> str:
@@ -60,3 +52,13 @@ def error_chain(exc: BaseException) -> str:
         parts.append(f"{type(exc).__name__}: {exc}")
         exc = exc.__cause__ or exc.__context__
     return "\n".join(parts)
+
+
+def segmentation_bundles() -> list[str]:
+    """Every bundle folder that fine-tunes a segmentation network (``*_segmentation``), BTCV first."""
+    names = sorted(name for name in os.listdir(BUNDLES) if name.endswith("_segmentation"))
+    return sorted(names, key=lambda name: name != REFERENCE_BUNDLE)
+
+
+#: the segmentation bundle the others are copies of.
+REFERENCE_BUNDLE = "glmae_btcv_segmentation"

@@ -1,4 +1,5 @@
-"""The BTCV bundle: train (from scratch and from a GL-MAE encoder), evaluate and infer on synthetic data."""
+"""The BTCV bundle, the reference segmentation bundle: encoder loading, bad inputs, torchrun (train / evaluate /
+infer of every segmentation bundle: test_segmentation_bundles.py)."""
 
 import csv
 import json
@@ -8,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_utils import error_chain, make_workflow, run_torchrun, run_workflow
+from bundle_utils import error_chain, make_workflow, run_torchrun
 
 from custom_components.data import write_synthetic_dataset
 from custom_components.networks import GLMAE
@@ -28,24 +29,6 @@ def train_overrides(tmp_path, datalist, **extra):
     return dict(datalist=datalist, dataset_dir=os.path.dirname(datalist), ckpt_dir=str(tmp_path / "models"),
                 output_dir=str(tmp_path / "runs"), max_epochs=2, val_interval=1, warmup_epochs=1, num_samples=1,
                 amp=False, num_workers=0, cache_rate=0.0, pixdim=[1.5, 1.5, 2.0], sw_batch_size=1) | SIZES | extra
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, dataset):
-    tmp_path = tmp_path_factory.mktemp("btcv_train")
-    run_workflow(make_workflow(BUNDLE, ["train.json"], **train_overrides(tmp_path, dataset)))
-    return tmp_path
-
-
-def test_training_saves_best_model_and_validation_log(trained):
-    assert (trained / "models" / "model.pt").exists()
-    state = torch.load(trained / "models" / "model.pt", weights_only=True)
-    assert "vit.blocks.0.attn.qkv.bias" in state
-    rows = list(csv.DictReader(open(trained / "runs" / "val_metrics.csv")))
-    assert [int(r["epoch"]) for r in rows] == [1, 2]
-    best = json.load(open(trained / "runs" / "best_metric.json"))
-    assert 0.0 <= best["val_mean_dice"] <= 1.0 and best["epoch"] in (1, 2)
-    assert best["val_mean_dice"] == max(float(r["val_mean_dice"]) for r in rows)
 
 
 def write_encoder(path, hidden_size, num_layers):
@@ -78,38 +61,6 @@ def test_encoder_of_another_width_is_a_clear_error(tmp_path, dataset):
     with pytest.raises(Exception) as info:
         workflow.parser.get_parsed_content("network")
     assert "wide_encoder.pt" in error_chain(info.value) and "96" in error_chain(info.value)
-
-
-def test_evaluate_writes_per_class_metrics_and_predictions(trained, dataset):
-    overrides = train_overrides(trained, dataset)
-    run_workflow(make_workflow(BUNDLE, ["train.json", "evaluate.json"], **overrides))
-    eval_dir = trained / "runs" / "eval"
-    raw = list(csv.reader(open(eval_dir / "val_mean_dice_raw.csv")))
-    assert len(raw[0]) >= 14 and len(raw) == 1 + 2  # header + the 2 validation cases of fold 0
-    for name in ("val_hd95_raw.csv", "val_nsd_raw.csv", "metrics.csv", "best_metric.json"):
-        assert (eval_dir / name).exists(), name
-    predictions = sorted(os.listdir(eval_dir / "predictions"))
-    assert len(predictions) == 2 and predictions[0].endswith("_seg.nii.gz")
-    validation = [e for e in json.load(open(dataset))["training"] if e["fold"] == 0]
-    source = nib.load(os.path.join(os.path.dirname(dataset), validation[0]["image"]))
-    pred = nib.load(eval_dir / "predictions" / predictions[0])
-    assert pred.shape == source.shape and np.allclose(pred.affine, source.affine, atol=1e-4)
-
-
-def test_inference_output_has_input_affine_shape_and_labels(trained, dataset, tmp_path):
-    out = tmp_path / "inference"
-    overrides = dict(datalist=dataset, checkpoint=str(trained / "models" / "model.pt"), output_dir=str(out),
-                     amp=False, num_workers=0, pixdim=[1.5, 1.5, 2.0], sw_batch_size=1) | SIZES
-    workflow = make_workflow(BUNDLE, ["inference.json"], workflow_type="infer", **overrides)
-    run_workflow(workflow)
-    test_image = json.load(open(dataset))["testing"][0]["image"]
-    source = nib.load(os.path.join(os.path.dirname(dataset), test_image))
-    name = os.path.basename(test_image).replace(".nii.gz", "")
-    pred = nib.load(out / f"{name}_seg.nii.gz")
-    assert pred.shape == source.shape and np.allclose(pred.affine, source.affine, atol=1e-4)
-    values = np.unique(np.asarray(pred.dataobj))
-    assert values.min() >= 0 and values.max() <= 13 and pred.get_data_dtype() == np.uint8
-    assert (out / "overlays" / f"{name}_overlay.png").exists()
 
 
 def write_case(folder, name, image, label, affine=None):

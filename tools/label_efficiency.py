@@ -9,14 +9,21 @@ them and from scratch at several label budgets and seeds, and writes
     OUT/results.md           mean ± std validation Dice per arm and budget
     OUT/dice_vs_labels.png   Dice against the number of labelled volumes, one line per arm
 
-Every run is a ``python -m monai.bundle run`` command (printed before it runs) with its own folder under OUT; a
-second invocation skips what is already done, so an interrupted study resumes where it stopped.
+Every run is a ``python -m monai.bundle run`` command (printed before it runs, see ``tools/bundle_run.py``) with
+its own folder under OUT; a second invocation skips what is already done, so an interrupted study resumes where it
+stopped.
+
+``--bundle NAME`` picks the fine-tuning bundle under ``bundles/`` (default ``glmae_btcv_segmentation``). It is run
+with ``train.json`` plus the preset's overlays and the overrides ``ckpt_dir``, ``output_dir``, ``num_labelled``,
+``seed``, ``pretrained_encoder`` and ``dataset_dir`` (or ``datalist``), and must write ``best_metric.json`` with
+``val_mean_dice`` into ``output_dir``, as the BTCV bundle does.
 
     python tools/label_efficiency.py --preset cpu --out study          # synthetic data, ~30 min on 2 CPU cores
     python tools/label_efficiency.py --preset cpu --out study --arms scratch "local_rec (MAE3D)" "+g2l (GL-MAE)" \
         --seeds 0 1 2 --pretrain-per-seed                              # 3 arms x 3 seeds, pre-training included
     python tools/label_efficiency.py --preset paper --out study \\
         --pretrain-datalist /data/ct/dataset.json --finetune-datalist /data/btcv/dataset_0.json
+    python tools/label_efficiency.py --preset tiny --out study_tiny --bundle glmae_btcv_segmentation
 """
 
 from __future__ import annotations
@@ -25,16 +32,20 @@ import argparse
 import csv
 import json
 import os
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 
 from PIL import Image, ImageDraw
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUNDLES = os.path.join(REPO_ROOT, "bundles")
+if REPO_ROOT not in sys.path:  # run as `python tools/label_efficiency.py`, or imported by tools/lr_pilot.py
+    sys.path.insert(0, REPO_ROOT)
+
+# run_bundle is imported from here by tools/lr_pilot.py
+from tools.bundle_run import PRETRAINING_BUNDLE, finetuning_bundles, run_bundle  # noqa: E402
+
+DEFAULT_BUNDLE = "glmae_btcv_segmentation"
 
 #: arm -> pre-training overlays on train.json (None: fine-tune from scratch). Order = the paper's ablation rows.
 ARMS = {
@@ -69,21 +80,6 @@ PRESETS = {
 }
 
 
-def run_bundle(bundle: str, configs: list[str], overrides: dict, log_file: str) -> None:
-    """``python -m monai.bundle run`` in ``bundles/<bundle>``; output to ``log_file``; raises if it fails."""
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-               "[" + ",".join(f"'configs/{c}'" for c in configs) + "]"]
-    for key, value in overrides.items():
-        command += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict)) else str(value)]
-    print(f"$ (cd bundles/{bundle} && {shlex.join(['python', *command[1:]])})", flush=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
-    with open(log_file, "w") as log:
-        result = subprocess.run(command, cwd=os.path.join(BUNDLES, bundle), env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        raise RuntimeError(f"{bundle} failed (exit {result.returncode}); see {log_file}")
-
-
 def pretrain(arm: str, overlays: list[str], preset: dict, args: argparse.Namespace, seed: int | None = None) -> str:
     """Pre-train one ablation variant (skipped when its encoder exists), with ``seed`` when given; returns the
     encoder path."""
@@ -99,13 +95,14 @@ def pretrain(arm: str, overlays: list[str], preset: dict, args: argparse.Namespa
     else:
         overrides["dataset_dir"] = os.path.join(args.out, "data", "pretrain")
     os.makedirs(folder, exist_ok=True)
-    run_bundle("glmae_pretraining", ["train.json", *configs, *overlays], overrides, os.path.join(folder, "log.txt"))
+    run_bundle(PRETRAINING_BUNDLE, ["train.json", *configs, *overlays], overrides, os.path.join(folder, "log.txt"))
     open(os.path.join(folder, "done"), "w").close()
     return encoder
 
 
 def finetune(arm: str, encoder: str | None, budget: int, seed: int, preset: dict, args: argparse.Namespace) -> float:
-    """Fine-tune the BTCV bundle with ``budget`` labelled volumes; returns the best validation mean Dice."""
+    """Fine-tune ``args.bundle`` (the BTCV bundle by default) with ``budget`` labelled volumes; returns the best
+    validation mean Dice."""
     folder = os.path.join(args.out, "finetune", f"{slug(arm)}_n{budget}_s{seed}")
     configs, overrides = preset["finetune"]
     overrides = overrides | common_overrides(args) | {
@@ -117,7 +114,7 @@ def finetune(arm: str, encoder: str | None, budget: int, seed: int, preset: dict
     else:
         overrides["dataset_dir"] = os.path.join(args.out, "data", "finetune")
     os.makedirs(folder, exist_ok=True)
-    run_bundle("glmae_btcv_segmentation", ["train.json", *configs], overrides, os.path.join(folder, "log.txt"))
+    run_bundle(args.bundle, ["train.json", *configs], overrides, os.path.join(folder, "log.txt"))
     with open(os.path.join(folder, "best_metric.json")) as f:
         return float(json.load(f)["val_mean_dice"])
 
@@ -213,12 +210,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pretrain-per-seed", action="store_true",
                         help="pre-train every arm once per seed (with that seed), so the spread over seeds includes "
                              "pre-training; by default each arm is pre-trained once and the seeds vary fine-tuning")
+    parser.add_argument("--bundle", default=DEFAULT_BUNDLE, choices=finetuning_bundles("train.json"),
+                        help="the fine-tuning bundle (default: %(default)s)")
     parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: the bundles' choice)")
     parser.add_argument("--pretrain-datalist", help="unlabelled datalist (default: synthetic data)")
     parser.add_argument("--finetune-datalist", help="labelled datalist with folds (default: synthetic data)")
     args = parser.parse_args(argv)
     if args.preset == "paper" and not (args.pretrain_datalist and args.finetune_datalist):
         parser.error("--preset paper needs --pretrain-datalist and --finetune-datalist")
+    # the bundles run in their own folders: paths given relative to here must not be read relative to there
+    args.out = os.path.abspath(args.out)
+    for name in ("pretrain_datalist", "finetune_datalist"):
+        if getattr(args, name):
+            setattr(args, name, os.path.abspath(getattr(args, name)))
     return args
 
 

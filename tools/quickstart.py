@@ -6,6 +6,7 @@ command before running it. Outputs land in each bundle's ``models/`` and ``runs/
 
     python tools/quickstart.py            # pre-train, then fine-tune and print the validation Dice
     python tools/quickstart.py --skip-finetune
+    python tools/quickstart.py --bundle glmae_btcv_segmentation   # the fine-tuning bundle (default)
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import subprocess
 import sys
 import time
 
@@ -23,20 +22,17 @@ if REPO_ROOT not in sys.path:  # run as `python tools/quickstart.py` from a chec
     sys.path.insert(0, REPO_ROOT)
 
 from custom_components.handlers.training_log import read_training_log  # noqa: E402
+from tools.bundle_run import (PRETRAINING_BUNDLE, bundle_dir, display_command, finetuning_bundles,  # noqa: E402
+                               run_bundle)
 
-BUNDLES = os.path.join(REPO_ROOT, "bundles")
+CONFIGS = ["train.json", "quickstart.json"]
 
 
-def run_bundle(bundle: str, configs: list[str], overrides: dict[str, str]) -> None:
-    """``python -m monai.bundle run`` in ``bundles/<bundle>`` with ``configs`` merged in order."""
-    config_arg = "[" + ",".join(f"'configs/{c}'" for c in configs) + "]"
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg]
-    for key, value in overrides.items():
-        command += [f"--{key}", value]
-    cwd = os.path.join(BUNDLES, bundle)
-    print(f"\n$ cd {os.path.relpath(cwd)} && {shlex.join(['python', *command[1:]])}\n", flush=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
-    subprocess.run(command, cwd=cwd, env=env, check=True)
+def run_quickstart(bundle: str, overrides: dict | None = None) -> None:
+    """The bundle's quickstart preset (``train.json`` + ``quickstart.json``), its command printed between blank
+    lines and its output on the terminal; raises RuntimeError when it fails."""
+    print(f"\n$ {display_command(bundle, CONFIGS, overrides)}\n", flush=True)
+    run_bundle(bundle, CONFIGS, overrides, echo=False)
 
 
 def consistency_report(train_log: str) -> str:
@@ -55,17 +51,19 @@ def consistency_report(train_log: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-finetune", action="store_true", help="only run the pre-training bundle")
+    parser.add_argument("--bundle", default="glmae_btcv_segmentation", choices=finetuning_bundles("quickstart.json"),
+                        help="the fine-tuning bundle (default: %(default)s)")
     args = parser.parse_args()
     start = time.time()
-    run_bundle("glmae_pretraining", ["train.json", "quickstart.json"], {})
-    encoder = os.path.join(BUNDLES, "glmae_pretraining", "models", "encoder.pt")
+    run_quickstart(PRETRAINING_BUNDLE)
+    pretraining = bundle_dir(PRETRAINING_BUNDLE)
+    encoder = os.path.join(pretraining, "models", "encoder.pt")
     print(f"\npre-training finished in {time.time() - start:.0f} s; encoder: {os.path.relpath(encoder)}")
-    print(consistency_report(os.path.join(BUNDLES, "glmae_pretraining", "runs", "train_log.csv")))
+    print(consistency_report(os.path.join(pretraining, "runs", "train_log.csv")))
     if args.skip_finetune:
         return
-    finetune = os.path.join(BUNDLES, "glmae_btcv_segmentation")
-    run_bundle("glmae_btcv_segmentation", ["train.json", "quickstart.json"], {"pretrained_encoder": encoder})
-    with open(os.path.join(finetune, "runs", "best_metric.json")) as f:
+    run_quickstart(args.bundle, {"pretrained_encoder": encoder})
+    with open(os.path.join(bundle_dir(args.bundle), "runs", "best_metric.json")) as f:
         best = json.load(f)
     print(f"\nfine-tuning finished; total {time.time() - start:.0f} s")
     print(f"validation mean Dice of the fine-tuned model: {best['val_mean_dice']:.4f} (epoch {best['epoch']})")

@@ -1,9 +1,12 @@
 """Datalist readers and writers, and the synthetic CT generator used instead of downloads."""
 
+from .amos import amos_ct_cases
 from .datalist import inference_datalist, load_datalist, write_datalist_from_folder
-from .synthetic import ensure_synthetic_dataset, make_synthetic_ct, write_synthetic_dataset
+from .synthetic import SYNTHETIC_TASKS, ensure_synthetic_dataset, make_synthetic_ct, write_synthetic_dataset
 
 __all__ = [
+    "SYNTHETIC_TASKS",
+    "amos_ct_cases",
     "ensure_synthetic_dataset",
     "inference_datalist",
     "load_datalist",

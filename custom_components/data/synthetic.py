@@ -9,10 +9,16 @@ keeps its HU and its grid cell in every volume, so a small UNETR learns the task
 gives the same volume): body size, shape and position; a field of view with or without the lungs; which organs
 are present and how large; the contrast phase (organ HU scaled and shifted, some organs enhanced), the fat HU and
 the noise level. Near-identical volumes give a self-distillation objective nothing to tell apart.
+
+Each fine-tuning task's layout is a few arguments (``SYNTHETIC_TASKS`` lists them per bundle): the class count,
+the raw values the labels hold on disk (``label_values``, e.g. MM-WHS's 205, 420, ... 850), the voxel spacing
+(anisotropic for COVID-19-20), and ``lesions=True`` for small lesion-like structures: 2-5 blobs of ground-glass HU
+(-700..-250) inside the lungs, labelled 1, with the abdominal organs left unlabelled as context.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -27,7 +33,7 @@ import numpy as np
 
 from .datalist import load_datalist, training_entries, write_decathlon_json
 
-__all__ = ["BTCV_ORGANS", "ensure_synthetic_dataset", "make_synthetic_ct", "write_synthetic_dataset"]
+__all__ = ["BTCV_ORGANS", "SYNTHETIC_TASKS", "ensure_synthetic_dataset", "make_synthetic_ct", "write_synthetic_dataset"]
 
 logger = logging.getLogger("custom_components")
 
@@ -39,12 +45,27 @@ AIR_HU, FAT_HU, SOFT_TISSUE_HU, LUNG_HU, BONE_HU = -1000.0, -100.0, 40.0, -800.0
 ORGAN_HU_RANGE = (20.0, 150.0)
 NOISE_HU = 10.0
 MIN_SIZE = 16
+LESION_HU_RANGE = (-700.0, -250.0)
+LESION_CONTEXT_ORGANS = 6  # unlabelled abdominal organs in a lesion volume
 MARKER_FILE = "synthetic_dataset_args.json"
 DATALIST_FILE = "dataset.json"
 
 
+#: The synthetic layout of each fine-tuning bundle: arguments of :func:`write_synthetic_dataset`.
+SYNTHETIC_TASKS: dict[str, dict[str, Any]] = {
+    "glmae_btcv_segmentation": {"num_classes": 14, "spacing": (1.5, 1.5, 2.0)},
+    "glmae_mmwhs_segmentation": {"num_classes": 8, "spacing": (1.5, 1.5, 2.0),
+                                 "label_values": (0, 205, 420, 500, 550, 600, 820, 850)},
+    "glmae_spleen_segmentation": {"num_classes": 2, "spacing": (1.5, 1.5, 2.0)},
+    "glmae_amos_segmentation": {"num_classes": 16, "spacing": (1.5, 1.5, 2.0)},
+    "glmae_word_segmentation": {"num_classes": 17, "spacing": (1.5, 1.5, 2.0)},
+    "glmae_covid19_20_segmentation": {"num_classes": 2, "spacing": (1.25, 1.25, 5.0), "lesions": True},
+}  # fmt: skip
+
+
 def make_synthetic_ct(
-    shape: Sequence[int] = (96, 96, 64), num_classes: int = 14, seed: int = 0, varied: bool = False
+    shape: Sequence[int] = (96, 96, 64), num_classes: int = 14, seed: int = 0, varied: bool = False,
+    lesions: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Make one CT-like volume and its organ label map; each seed gives a different, deterministic volume.
 
@@ -56,10 +77,11 @@ def make_synthetic_ct(
         seed: non-negative random seed.
         varied: draw the body layout, organ set and intensity profile per volume (pre-training data) instead of
             keeping them nearly fixed (fine-tuning data).
+        lesions: label 2-5 small lesions inside the lungs as class 1 (``num_classes`` must be 2) instead of organs.
 
     Returns:
         ``(image, label)``: image ``[H, W, D]`` int16 in Hounsfield units (-1000 air .. ~+730 bone) and label
-        ``[H, W, D]`` uint8 with values in ``0..num_classes-1`` (0 background, ``k`` organ ``k``).
+        ``[H, W, D]`` uint8 with values in ``0..num_classes-1`` (0 background, ``k`` organ ``k``, or 1 lesion).
 
     Example::
 
@@ -68,8 +90,13 @@ def make_synthetic_ct(
     shape = _validate_shape(shape)
     _validate_num_classes(num_classes)
     _validate_seed(seed)
+    if lesions and num_classes != 2:
+        raise ValueError(f"lesions=True labels one class (lesion), so num_classes must be 2, got {num_classes}.")
+    num_organs = LESION_CONTEXT_ORGANS if lesions else num_classes - 1
     rng = np.random.default_rng(seed)
-    profile = _VariedProfile.draw(rng, num_classes - 1) if varied else _VariedProfile.fixed(num_classes - 1)
+    profile = _VariedProfile.draw(rng, num_organs) if varied else _VariedProfile.fixed(num_organs)
+    if lesions and not profile.lungs:
+        profile = dataclasses.replace(profile, lungs=True)
     axes = [np.linspace(-1.0, 1.0, n) for n in shape]
     x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
     image = np.full(shape, AIR_HU, dtype=np.float32)
@@ -81,17 +108,18 @@ def make_synthetic_ct(
     body = np.broadcast_to(radius <= 1.0, shape)
     image[body] = profile.fat_hu
     image[np.broadcast_to(radius <= profile.fat_rim, shape)] = SOFT_TISSUE_HU
-    if profile.lungs:
-        _paint_lungs(image, (x, y, z), centre, semi_axes, rng, profile.z_shift)
-    for k, (organ_centre, radii, rotation) in enumerate(_organ_layout(num_classes - 1, centre, semi_axes, rng), 1):
-        organ_hu = np.interp(k, (1, max(num_classes - 1, 2)), ORGAN_HU_RANGE) + rng.uniform(-3.0, 3.0)
+    lungs = _paint_lungs(image, (x, y, z), centre, semi_axes, rng, profile.z_shift) if profile.lungs else []
+    for k, (organ_centre, radii, rotation) in enumerate(_organ_layout(num_organs, centre, semi_axes, rng), 1):
+        organ_hu = np.interp(k, (1, max(num_organs, 2)), ORGAN_HU_RANGE) + rng.uniform(-3.0, 3.0)
         if not profile.present[k - 1]:
             continue
         organ_centre = organ_centre + (0.0, 0.0, profile.z_shift)
         radii = radii * profile.organ_scale[k - 1]
         _paint_ellipsoid(image, label, axes, organ_centre, radii * 1.25, rotation, profile.fat_hu, 0)
         organ_hu = organ_hu * profile.hu_scale + profile.hu_shift + profile.enhancement[k - 1]
-        _paint_ellipsoid(image, label, axes, organ_centre, radii, rotation, organ_hu, k)
+        _paint_ellipsoid(image, label, axes, organ_centre, radii, rotation, organ_hu, 0 if lesions else k)
+    if lesions:
+        _paint_lesions(image, label, axes, lungs, rng)
     _paint_bones(image, label, (x, y, z), radius, centre, semi_axes, ribs=profile.lungs)
     image[~body] = AIR_HU  # keep everything inside the body outline
     label[~body] = 0
@@ -110,6 +138,8 @@ def write_synthetic_dataset(
     num_test: int = 2,
     seed: int = 0,
     varied: bool = False,
+    label_values: Sequence[int] | None = None,
+    lesions: bool = False,
 ) -> str:
     """Write a synthetic CT dataset as NIfTI files plus a MONAI decathlon-style ``dataset.json``.
 
@@ -130,29 +160,41 @@ def write_synthetic_dataset(
         seed: non-negative base seed.
         varied: volumes that differ in body layout, organ set and intensity profile (see the module docstring);
             use it for pre-training data.
+        label_values: the value written on disk for each class ``0..num_classes-1`` (distinct non-negative ints,
+            e.g. MM-WHS's ``(0, 205, 420, 500, 550, 600, 820, 850)``); None writes the class indices. Labels are
+            uint8 up to 255 and uint16 beyond.
+        lesions: small lung lesions as class 1 instead of organs (``num_classes`` 2), see the module docstring.
 
     Returns:
         the path of ``dataset.json``.
     """
-    args = _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_folds, num_test, seed, varied)
+    args = _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_folds, num_test, seed, varied,
+                           label_values, lesions)
+    values = None if label_values is None else np.asarray(args["label_values"])
+    label_dtype = np.uint8 if values is None or values.max() <= 255 else np.uint16
     root = Path(out_dir).expanduser().absolute()
     affine = _affine(args["shape"], args["spacing"])
     images, labels = [], []
     for index in range(num_volumes):
-        image, label = make_synthetic_ct(args["shape"], num_classes, seed + index, varied)
+        image, label = make_synthetic_ct(args["shape"], num_classes, seed + index, varied, lesions)
         images.append(_save_nifti(image, affine, root / "imagesTr" / f"case_{index:04d}.nii.gz", root))
         if labelled:
+            label = (label if values is None else values[label]).astype(label_dtype)
             labels.append(_save_nifti(label, affine, root / "labelsTr" / f"case_{index:04d}.nii.gz", root))
     testing = []
     for index in range(num_test):
-        image, _ = make_synthetic_ct(args["shape"], num_classes, seed + num_volumes + index, varied)
+        image, _ = make_synthetic_ct(args["shape"], num_classes, seed + num_volumes + index, varied, lesions)
         testing.append({"image": _save_nifti(image, affine, root / "imagesTs" / f"test_{index:04d}.nii.gz", root)})
-    names = BTCV_ORGANS if num_classes == len(BTCV_ORGANS) + 1 else [f"organ_{k}" for k in range(1, num_classes)]
+    if lesions:
+        names = ["lesion"]
+    else:
+        names = BTCV_ORGANS if num_classes == len(BTCV_ORGANS) + 1 else [f"organ_{k}" for k in range(1, num_classes)]
+    stored = range(num_classes) if values is None else values.tolist()
     datalist = write_decathlon_json(
         root / DATALIST_FILE,
         name="synthetic_ct",
         description=f"synthetic CT-like volumes made by custom_components.data.make_synthetic_ct, {args}",
-        labels={"0": "background", **{str(k): name for k, name in enumerate(names, 1)}},
+        labels={str(v): name for v, name in zip(stored, ["background", *names])},
         training=training_entries(images, labels if labelled else None, num_folds),
         testing=testing,
     )
@@ -246,15 +288,32 @@ class _VariedProfile:
         )
 
 
-def _paint_lungs(image: np.ndarray, grid, centre: np.ndarray, semi_axes: np.ndarray, rng, z_shift: float = 0.0) -> None:
-    """Two lung ellipsoids at the top of the volume (high z, moved by ``z_shift``), on both sides of the midline."""
+def _paint_lungs(image: np.ndarray, grid, centre: np.ndarray, semi_axes: np.ndarray, rng,
+                 z_shift: float = 0.0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Two lung ellipsoids at the top of the volume (high z, moved by ``z_shift``), on both sides of the midline;
+    returns their ``(centre [3], radii [3])`` in normalised coordinates."""
     x, y, z = grid
     lung_hu = LUNG_HU + rng.uniform(-30.0, 30.0)
+    lungs = []
     for side in (-1.0, 1.0):
         cx = centre[0] + side * (0.45 + rng.uniform(-0.03, 0.03)) * semi_axes[0]
         cy, cz = centre[1] + 0.05 * semi_axes[1], 0.72 + z_shift + rng.uniform(-0.04, 0.04)
-        inside = ((x - cx) / (0.33 * semi_axes[0])) ** 2 + ((y - cy) / (0.55 * semi_axes[1])) ** 2
-        image[np.broadcast_to(inside + ((z - cz) / 0.35) ** 2 <= 1.0, image.shape)] = lung_hu
+        radii = np.array([0.33 * semi_axes[0], 0.55 * semi_axes[1], 0.35])
+        inside = ((x - cx) / radii[0]) ** 2 + ((y - cy) / radii[1]) ** 2
+        image[np.broadcast_to(inside + ((z - cz) / radii[2]) ** 2 <= 1.0, image.shape)] = lung_hu
+        lungs.append((np.array([cx, cy, cz]), radii))
+    return lungs
+
+
+def _paint_lesions(image: np.ndarray, label: np.ndarray, axes, lungs, rng) -> None:
+    """2-5 small ground-glass blobs (label 1) at random places well inside the lungs."""
+    for _ in range(int(rng.integers(2, 6))):
+        lung_centre, lung_radii = lungs[int(rng.integers(len(lungs)))]
+        direction = rng.normal(size=3)
+        offset = direction / np.linalg.norm(direction) * rng.uniform(0.0, 0.55) * lung_radii
+        radii = rng.uniform(0.07, 0.14, 3) * np.array([1.0, 1.0, 1.6])
+        hu = rng.uniform(*LESION_HU_RANGE)
+        _paint_ellipsoid(image, label, axes, lung_centre + offset, radii, _rotation(rng.uniform(-0.6, 0.6, 3)), hu, 1)
 
 
 def _paint_bones(image: np.ndarray, label: np.ndarray, grid, radius: np.ndarray, centre, semi_axes,
@@ -324,12 +383,12 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, root: Path) -
 
 _DEFAULTS = {
     "num_volumes": 8, "shape": (96, 96, 64), "spacing": (1.5, 1.5, 2.0), "num_classes": 14, "labelled": True,
-    "num_folds": 5, "num_test": 2, "seed": 0, "varied": False,
+    "num_folds": 5, "num_test": 2, "seed": 0, "varied": False, "label_values": None, "lesions": False,
 }  # fmt: skip
 
 
 def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_folds, num_test, seed,
-                    varied=False) -> dict[str, Any]:
+                    varied=False, label_values=None, lesions=False) -> dict[str, Any]:
     """Validate the dataset arguments and return them JSON-ready (lists for sequences)."""
     if isinstance(num_volumes, bool) or not isinstance(num_volumes, int) or num_volumes < 1:
         raise ValueError(f"num_volumes must be a positive int, got {num_volumes!r}.")
@@ -337,7 +396,7 @@ def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_fold
         raise ValueError(f"num_folds must be an int in 1..num_volumes={num_volumes}, got {num_folds!r}.")
     if isinstance(num_test, bool) or not isinstance(num_test, int) or num_test < 0:
         raise ValueError(f"num_test must be a non-negative int, got {num_test!r}.")
-    for name, flag in (("labelled", labelled), ("varied", varied)):
+    for name, flag in (("labelled", labelled), ("varied", varied), ("lesions", lesions)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be a bool, got {flag!r}.")
     spacing = tuple(float(s) for s in spacing) if isinstance(spacing, Sequence) else ()
@@ -345,10 +404,20 @@ def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_fold
         raise ValueError(f"spacing must be three positive numbers (mm), got {spacing!r}.")
     _validate_num_classes(num_classes)
     _validate_seed(seed)
+    if lesions and num_classes != 2:
+        raise ValueError(f"lesions=True labels one class (lesion), so num_classes must be 2, got {num_classes}.")
+    if label_values is not None:
+        values = list(label_values) if isinstance(label_values, (Sequence, np.ndarray)) else []
+        valid = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 65535 for v in values)
+        if len(values) != num_classes or not valid or len(set(values)) != len(values):
+            raise ValueError(f"label_values must be {num_classes} distinct ints in 0..65535 (one per class), "
+                             f"got {label_values!r}.")
+        label_values = [int(v) for v in values]
     return {
         "num_volumes": num_volumes, "shape": list(_validate_shape(shape)), "spacing": list(spacing),
         "num_classes": num_classes, "labelled": labelled, "num_folds": num_folds, "num_test": num_test, "seed": seed,
-        **({"varied": True} if varied else {}),
+        **({"varied": True} if varied else {}), **({"label_values": label_values} if label_values else {}),
+        **({"lesions": True} if lesions else {}),
     }  # fmt: skip
 
 
