@@ -353,6 +353,27 @@ def test_write_datalist_from_folder_pairs_and_folds(tmp_path):
     assert _names(entries) == ["case1.nii.gz", "case3.nii.gz"]
 
 
+def test_write_datalist_from_folder_pairs_by_suffix_in_one_folder(tmp_path):
+    """MM-WHS keeps ct_train_1001_image.nii.gz and ct_train_1001_label.nii.gz side by side."""
+    for case in (1002, 1001):
+        for kind in ("image", "label"):
+            _touch(tmp_path / "ct_train" / f"ct_train_{case}_{kind}.nii.gz")
+    folder = tmp_path / "ct_train"
+    out = write_datalist_from_folder(folder, folder, out_file=tmp_path / "d.json", num_folds=1,
+                                     pattern="*_image.nii.gz", label_pattern="*_label.nii.gz")
+    assert json.loads(Path(out).read_text())["training"] == [
+        {"image": f"ct_train/ct_train_{c}_image.nii.gz", "label": f"ct_train/ct_train_{c}_label.nii.gz", "fold": 0}
+        for c in (1001, 1002)
+    ]
+    (folder / "ct_train_1002_label.nii.gz").unlink()
+    with pytest.raises(ValueError, match="images without a label .*: ct_train_1002"):
+        write_datalist_from_folder(folder, folder, out_file=tmp_path / "d.json", num_folds=1,
+                                   pattern="*_image.nii.gz", label_pattern="*_label.nii.gz")
+    with pytest.raises(ValueError, match=r"must be '\*<suffix>'"):
+        write_datalist_from_folder(folder, folder, out_file=tmp_path / "d.json", num_folds=1,
+                                   pattern="ct_*_image.nii.gz", label_pattern="*_label.nii.gz")
+
+
 def test_write_datalist_from_folder_images_only(tmp_path):
     images, _ = _image_folders(tmp_path, ["a.nii.gz", "b.nii.gz"], [])
     out = write_datalist_from_folder(images, out_file=tmp_path / "d.json", num_folds=1)
@@ -418,4 +439,4 @@ def test_tools_tiny_run(tmp_path):
     result = _run_tool("tools/make_datalist.py", "--images", str(out / "imagesTr"), "--labels", str(out / "imagesTs"),
                        "--out", str(tmp_path / "bad.json"))  # fmt: skip
     assert result.returncode == 1
-    assert "error: images and labels are paired by file name" in result.stderr
+    assert "error: images and labels are paired by name" in result.stderr

@@ -4,6 +4,9 @@ Example (from the repository root)::
 
     python tools/make_datalist.py --images data/BTCV/imagesTr --labels data/BTCV/labelsTr \
         --test-images data/BTCV/imagesTs --out data/BTCV/dataset_folds.json --num-folds 5
+    # images and labels in one folder, told apart by a suffix (MM-WHS)
+    python tools/make_datalist.py --images data/mmwhs/ct_train --labels data/mmwhs/ct_train \
+        --pattern "*_image.nii.gz" --label-pattern "*_label.nii.gz" --out data/mmwhs/dataset_0.json --num-folds 5
 """
 
 from __future__ import annotations
@@ -33,7 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-images", default=None, help="folder of unlabelled images for the 'testing' section")
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--num-folds", type=int, default=5, help="cross-validation folds")
-    parser.add_argument("--pattern", default="*.nii.gz", help="glob pattern of the files in each folder")
+    parser.add_argument("--pattern", default="*.nii.gz", help="glob pattern of the image (and test image) files")
+    parser.add_argument("--label-pattern", default=None,
+                        help="glob pattern of the label files (default: --pattern, paired by file name); when it "
+                        "differs, both are '*<suffix>' and files pair by the name before the suffix")
     return parser.parse_args(argv)
 
 
@@ -47,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
             num_folds=args.num_folds,
             test_images_dir=args.test_images,
             pattern=args.pattern,
+            label_pattern=args.label_pattern,
         )
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")

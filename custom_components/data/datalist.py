@@ -143,8 +143,10 @@ def write_datalist_from_folder(
     num_folds: int = 5,
     test_images_dir: str | os.PathLike | None = None,
     pattern: str = "*.nii.gz",
+    label_pattern: str | None = None,
 ) -> str:
-    """Write a decathlon-style datalist for a folder of images (and a folder of labels with the same file names).
+    """Write a decathlon-style datalist for a folder of images (and a folder of labels with the same file names, or
+    names that differ in a suffix such as MM-WHS's ``ct_train_1001_image.nii.gz`` / ``ct_train_1001_label.nii.gz``).
 
     Images are sorted by file name and assigned to folds round-robin (``fold = index % num_folds``). Paths in the
     JSON are relative to ``out_file``'s folder.
@@ -155,21 +157,28 @@ def write_datalist_from_folder(
         out_file: path of the JSON file to write (its folder is created).
         num_folds: number of cross-validation folds, 1..number of images.
         test_images_dir: optional folder of unlabelled images for the ``"testing"`` section.
-        pattern: glob pattern selecting the image and label files in each folder.
+        pattern: glob pattern selecting the image (and test image) files.
+        label_pattern: glob pattern selecting the label files; None: ``pattern``, and images and labels are paired
+            by file name. Otherwise both patterns must be ``*<suffix>`` and files are paired by the name without
+            the suffix (the labels may then sit in the images' folder).
 
     Returns:
         the path of the written JSON file.
 
     Raises:
         FileNotFoundError: a folder does not exist.
-        ValueError: no files match ``pattern``, an image has no label or a label has no image, or ``num_folds``
-            is out of range.
+        ValueError: no files match ``pattern``, an image has no label or a label has no image, ``num_folds``
+            is out of range, or differing patterns are not both ``*<suffix>``.
     """
     images = _list_files(images_dir, pattern, "images")
     labels = None
     if labels_dir is not None:
-        labels = _list_files(labels_dir, pattern, "labels")
-        _check_pairing(images, labels, images_dir, labels_dir)
+        label_pattern = pattern if label_pattern is None else label_pattern
+        labels = _list_files(labels_dir, label_pattern, "labels")
+        if label_pattern == pattern:
+            _check_pairing(images, labels, images_dir, labels_dir)
+        else:
+            labels = _pair_by_suffix(images, labels, pattern, label_pattern, images_dir, labels_dir)
     out_path = Path(out_file).expanduser().absolute()
     root = out_path.parent
 
@@ -386,16 +395,33 @@ def _list_files(folder: str | os.PathLike, pattern: str, what: str) -> list[Path
     return files
 
 
-def _check_pairing(images: list[Path], labels: list[Path], images_dir, labels_dir) -> None:
-    image_names = {f.name for f in images}
-    label_names = {f.name for f in labels}
+def _pair_by_suffix(images: list[Path], labels: list[Path], pattern: str, label_pattern: str, images_dir,
+                    labels_dir) -> list[Path]:
+    """The labels in the order of ``images``, pairing ``<case><image suffix>`` with ``<case><label suffix>``."""
+    suffixes = []
+    for glob in (pattern, label_pattern):
+        if not glob.startswith("*") or any(c in glob[1:] for c in "*?["):
+            raise ValueError(f"images and labels with different patterns are paired by the name before a fixed suffix, "
+                             f"so both patterns must be '*<suffix>', got '{pattern}' and '{label_pattern}'.")
+        suffixes.append(glob[1:])
+    image_cases = {f.name[: len(f.name) - len(suffixes[0])]: f for f in images}
+    label_cases = {f.name[: len(f.name) - len(suffixes[1])]: f for f in labels}
+    _check_pairing(image_cases, label_cases, images_dir, labels_dir)
+    return [label_cases[case] for case in image_cases]
+
+
+def _check_pairing(images, labels, images_dir, labels_dir) -> None:
+    """Every image has a label and every label an image; ``images`` and ``labels`` are lists of files (paired by
+    name) or ``{case: file}`` mappings (paired by case)."""
+    image_names = set(images) if isinstance(images, dict) else {f.name for f in images}
+    label_names = set(labels) if isinstance(labels, dict) else {f.name for f in labels}
     problems = []
     if image_names - label_names:
         problems.append(f"images without a label in '{labels_dir}': {_first(image_names - label_names)}")
     if label_names - image_names:
         problems.append(f"labels without an image in '{images_dir}': {_first(label_names - image_names)}")
     if problems:
-        raise ValueError("images and labels are paired by file name; " + "; ".join(problems) + ".")
+        raise ValueError("images and labels are paired by name; " + "; ".join(problems) + ".")
 
 
 def _first(names: set[str], limit: int = 10) -> str:
