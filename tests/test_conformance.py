@@ -1,0 +1,148 @@
+"""Every segmentation bundle is the BTCV reference with only its task ids changed, and every bundle's metadata is
+valid, versioned and described.
+
+A new segmentation bundle is a copy of ``glmae_btcv_segmentation`` whose configs differ only in the ids listed in
+``TASK_IDS`` (and ``EXTRA_IDS`` for a bundle that needs more, with the reason); everything else (transforms,
+handlers, network, overlays) must stay identical so a fix to the reference reaches every task.
+"""
+
+import json
+import os
+import re
+import tomllib
+
+import jsonschema
+import pytest
+from bundle_utils import BUNDLES, REFERENCE_BUNDLE, segmentation_bundles
+from conftest import REPO_ROOT
+
+import custom_components
+
+SCHEMA = os.path.join(REPO_ROOT, "tools", "schemas", "meta_schema_20240725.json")
+REQUIRED_FILES = [
+    "LICENSE", "configs/metadata.json", "configs/logging.conf", "configs/train.json", "configs/evaluate.json",
+    "configs/inference.json", "configs/multi_gpu_train.json", "configs/multi_gpu_evaluate.json",
+    "configs/quickstart.json", "docs/README.md", "docs/data_license.txt",
+]  # fmt: skip
+#: ids whose values may differ from the reference, per config file: the task (data, classes, spacing, intensity,
+#: label values, crop, schedule) and, in quickstart.json, the synthetic layout and its sizes.
+TASK_IDS = {
+    "train.json": {"dataset_dir", "datalist", "num_classes", "pixdim", "hu_range", "label_mapping", "roi_size",
+                   "max_epochs", "val_interval", "warmup_epochs"},
+    "inference.json": {"dataset_dir", "num_classes", "pixdim", "hu_range", "label_mapping", "roi_size"},
+    "quickstart.json": {"datalist", "volume_shape", "pixdim", "roi_size"},
+    "evaluate.json": set(),
+    "multi_gpu_train.json": set(),
+    "multi_gpu_evaluate.json": set(),
+}
+#: ids a bundle adds or changes beyond TASK_IDS: {bundle: {config: ids}}, each with its reason.
+EXTRA_IDS = {
+    # AMOS22 lists CT and MRI cases in one dataset.json: ct_only selects the CT ones before num_labelled.
+    "glmae_amos_segmentation": {"train.json": {"ct_only", "train_data", "validation_data"},
+                                "quickstart.json": {"ct_only"}},
+}
+#: ids train.json and inference.json must agree on: the task and the network that inference rebuilds.
+SHARED_IDS = ["num_classes", "in_channels", "pixdim", "hu_range", "intensity_normalisation", "label_mapping",
+              "roi_size", "feature_size", "hidden_size", "mlp_dim", "num_heads", "network_def"]
+COPIES = [b for b in segmentation_bundles() if b != REFERENCE_BUNDLE]
+
+
+def read_config(bundle: str, name: str) -> dict:
+    """A config's top-level ids and values, without ``_comment*`` documentation entries."""
+    with open(os.path.join(BUNDLES, bundle, "configs", name)) as f:
+        return {k: v for k, v in json.load(f).items() if not k.startswith("_comment")}
+
+
+def config_differences(bundle: str, name: str) -> dict[str, list[str]]:
+    """The top-level ids of ``name`` whose presence or value differs between ``bundle`` and the reference, each with
+    the nested places that differ (``train#random_transforms#5#prob``)."""
+    ours, reference = read_config(bundle, name), read_config(REFERENCE_BUNDLE, name)
+    return {k: differing_paths(ours.get(k, KeyError), reference.get(k, KeyError), k)
+            for k in ours.keys() | reference.keys() if ours.get(k, KeyError) != reference.get(k, KeyError)}
+
+
+def differing_paths(a, b, prefix: str) -> list[str]:
+    """The config paths below ``prefix`` where ``a`` and ``b`` differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = a.keys() | b.keys()
+        return [p for k in sorted(keys) for p in differing_paths(a.get(k, KeyError), b.get(k, KeyError), f"{prefix}#{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [p for i, (x, y) in enumerate(zip(a, b)) for p in differing_paths(x, y, f"{prefix}#{i}")]
+    return [] if a == b else [prefix]
+
+
+def all_bundles() -> list[str]:
+    return sorted(name for name in os.listdir(BUNDLES) if os.path.isdir(os.path.join(BUNDLES, name)))
+
+
+@pytest.mark.parametrize("bundle", segmentation_bundles())
+def test_required_files(bundle):
+    missing = [f for f in REQUIRED_FILES if not os.path.isfile(os.path.join(BUNDLES, bundle, f))]
+    assert not missing, f"{bundle} lacks {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(TASK_IDS))
+@pytest.mark.parametrize("bundle", COPIES)
+def test_configs_differ_from_the_reference_only_in_task_ids(bundle, name):
+    allowed = TASK_IDS[name] | EXTRA_IDS.get(bundle, {}).get(name, set())
+    unexpected = sorted(p for k, paths in config_differences(bundle, name).items() if k not in allowed for p in paths)
+    assert not unexpected, (
+        f"{bundle}/configs/{name} differs from {REFERENCE_BUNDLE} at {unexpected}; change the reference (and so every "
+        f"bundle), or make it a task id in {REFERENCE_BUNDLE} that bundles override"
+    )
+
+
+@pytest.mark.parametrize("bundle", segmentation_bundles())
+def test_train_and_inference_agree_on_the_task_and_the_network(bundle):
+    train, inference = read_config(bundle, "train.json"), read_config(bundle, "inference.json")
+    differ = [k for k in SHARED_IDS if train.get(k, KeyError) != inference.get(k, KeyError)]
+    assert not differ, f"{bundle}: train.json and inference.json differ in {differ}"
+
+
+def test_handler_sets_are_the_references():
+    """The handler lists are part of the compared values; this names them when the reference loses one."""
+    train = read_config(REFERENCE_BUNDLE, "train.json")
+    targets = [h["_target_"].rsplit(".", 1)[-1] for h in train["train"]["handlers"]]
+    assert targets == ["TrainingCheckpointLoader", "SeedEachEpoch", "LrScheduleHandler", "ValidationHandler",
+                       "TrainingCheckpointSaver", "ProgressBarHandler", "StatsHandler", "TensorBoardStatsHandler"]
+    validation = [h["_target_"].rsplit(".", 1)[-1] for h in train["validate"]["handlers"]]
+    assert validation == ["StatsHandler", "TensorBoardStatsHandler", "ValidationLog", "TrainingCheckpointSaver"]
+
+
+@pytest.mark.parametrize("bundle", all_bundles())
+def test_overlays_use_no_index_based_overrides(bundle):
+    """``validate#handlers#1#...`` silently hits another handler when a list changes; overlays name ids instead."""
+    folder = os.path.join(BUNDLES, bundle, "configs")
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".json"):
+            indexed = [k for k in json.load(open(os.path.join(folder, name))) if re.search(r"#\d+(#|$)", k)]
+            assert not indexed, f"{bundle}/configs/{name}: index-based overrides {indexed}"
+
+
+@pytest.mark.parametrize("bundle", all_bundles())
+def test_metadata_is_valid_versioned_and_names_every_channel(bundle):
+    with open(os.path.join(BUNDLES, bundle, "configs", "metadata.json")) as f:
+        metadata = json.load(f)
+    with open(SCHEMA) as f:
+        jsonschema.validate(metadata, json.load(f))
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
+        project_version = tomllib.load(f)["project"]["version"]
+    assert metadata["version"] == project_version == custom_components.__version__
+    assert metadata["version"] in metadata["changelog"], f"{bundle}: no changelog entry for {metadata['version']}"
+    assert metadata["required_packages_version"]["glmae-custom-components"] == project_version
+    if bundle in segmentation_bundles():
+        train = read_config(bundle, "train.json")
+        pred = metadata["network_data_format"]["outputs"]["pred"]
+        assert pred["num_channels"] == train["num_classes"] == len(pred["channel_def"])
+        assert sorted(pred["channel_def"], key=int) == [str(k) for k in range(train["num_classes"])]
+        assert pred["spatial_shape"] == train["roi_size"]
+        assert metadata["network_data_format"]["inputs"]["image"]["num_channels"] == train["in_channels"]
+
+
+def test_metadata_schema_rejects_an_incomplete_file():
+    """The vendored schema is a real check: metadata without its task fails."""
+    with open(os.path.join(BUNDLES, REFERENCE_BUNDLE, "configs", "metadata.json")) as f:
+        metadata = json.load(f)
+    del metadata["task"]
+    with open(SCHEMA) as f, pytest.raises(jsonschema.ValidationError, match="'task' is a required property"):
+        jsonschema.validate(metadata, json.load(f))
