@@ -31,6 +31,8 @@ TINY_PRESET = {
     "data": {"volume_shape": (1, 40, 40, 36), "num_volumes": 2, "batches_per_epoch": 2},
     "inference": {"volume_shape": (1, 1, 32, 32, 16), "roi_size": [16, 16, 16], "feature_size": 8, "sw_batch_size": 2,
                    "hidden_size": 48, "mlp_dim": 96, "num_heads": 4},
+    "finetune": {"batch": 2, "roi_size": [16, 16, 16], "feature_size": 8, "hidden_size": 48, "mlp_dim": 96,
+                 "num_heads": 4},
 }
 
 
@@ -44,7 +46,8 @@ def test_benchmark_tiny(tmp_path, monkeypatch):
         assert isinstance(results[key], float) and math.isfinite(results[key]) and results[key] > 0, key
     assert results["targets"] == benchmark.TARGETS
     details = results["details"]
-    assert {"step", "mae", "data", "inference", "gpu_vit_b_step", "machine"} <= set(details)
+    assert {"step", "mae", "data", "inference", "finetune", "gpu_vit_b_step", "machine"} <= set(details)
+    assert details["finetune"]["ours_precision"] == ("bf16 autocast" if native_bf16("cpu") else "fp32")
     assert details["machine"]["torch"] and details["machine"]["monai"]
     assert details["inference"]["ours_inferer_mode"] == "gaussian"
     mae = details["mae"]

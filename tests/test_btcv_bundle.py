@@ -112,8 +112,10 @@ def test_image_smaller_than_the_crop_is_padded(tmp_path):
 
 
 def test_multi_gpu_overlay_runs_under_torchrun_with_gloo(tmp_path, dataset):
-    """Two CPU processes (gloo): each trains on its partition, validation metrics are gathered, rank 0 saves."""
-    run_torchrun(BUNDLE, ["train.json", "multi_gpu_train.json"], **train_overrides(tmp_path, dataset, max_epochs=1))
+    """Two CPU processes (gloo): each trains on its partition, validation metrics are gathered, rank 0 saves; the
+    device comes as a string from the command line (``--device cpu``)."""
+    run_torchrun(BUNDLE, ["train.json", "multi_gpu_train.json"],
+                 **train_overrides(tmp_path, dataset, max_epochs=1, device="cpu"))
     assert (tmp_path / "models" / "model.pt").exists()
     rows = list(csv.DictReader(open(tmp_path / "runs" / "val_metrics.csv")))
     assert len(rows) == 1  # rank 0 alone writes

@@ -440,3 +440,49 @@ def test_tools_tiny_run(tmp_path):
                        "--out", str(tmp_path / "bad.json"))  # fmt: skip
     assert result.returncode == 1
     assert "error: images and labels are paired by name" in result.stderr
+
+
+# ---------------------------------------------------------------- task layouts
+
+
+def test_task_layouts_raw_label_values_and_lesions(tmp_path):
+    """MM-WHS-like labels are stored with raw values (uint16), COVID-like volumes hold small lung lesions as class 1
+    at an anisotropic spacing, and each layout is what SYNTHETIC_TASKS says."""
+    from custom_components.data import SYNTHETIC_TASKS
+
+    mmwhs = SYNTHETIC_TASKS["glmae_mmwhs_segmentation"]
+    datalist = write_synthetic_dataset(tmp_path / "mmwhs", num_volumes=1, shape=TINY, num_folds=1, num_test=0, **mmwhs)
+    entry = load_datalist(datalist, keys=("image", "label"))[0]
+    label = nib.load(entry["label"])
+    assert label.get_data_dtype() == np.uint16
+    indices = make_synthetic_ct(TINY, num_classes=8, seed=0)[1]
+    np.testing.assert_array_equal(np.asarray(label.dataobj), np.asarray(mmwhs["label_values"])[indices])
+    assert json.loads(Path(datalist).read_text())["labels"]["205"] == "organ_1"
+
+    covid = SYNTHETIC_TASKS["glmae_covid19_20_segmentation"]
+    image, lesion = make_synthetic_ct((64, 64, 24), num_classes=2, seed=1, lesions=True)
+    assert set(np.unique(lesion)) == {0, 1} and 0 < (lesion == 1).mean() < 0.01  # small structures
+    assert -750 < image[lesion == 1].mean() < -200  # ground-glass HU, inside the lungs
+    datalist = write_synthetic_dataset(tmp_path / "covid", num_volumes=1, shape=(32, 32, 16), num_folds=1,
+                                       num_test=0, **covid)
+    zooms = nib.load(load_datalist(datalist)[0]["image"]).header.get_zooms()
+    assert np.allclose(zooms, covid["spacing"])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"lesions": True, "num_classes": 3}, "num_classes must be 2"),
+    ({"label_values": (0, 205), "num_classes": 3}, "label_values must be 3 distinct ints"),
+    ({"label_values": (0, 0, 1), "num_classes": 3}, "label_values must be 3 distinct ints"),
+])  # fmt: skip
+def test_task_layout_arguments_are_checked(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        write_synthetic_dataset(tmp_path, num_volumes=1, shape=TINY, num_folds=1, num_test=0, **kwargs)
+
+
+def test_make_synthetic_data_task_option(tmp_path):
+    result = _run_tool("tools/make_synthetic_data.py", "--out", str(tmp_path), "--num-volumes", "1", "--shape", "32",
+                       "32", "16", "--num-folds", "1", "--num-test", "0", "--task", "glmae_mmwhs_segmentation")
+    assert result.returncode == 0, result.stderr
+    assert "labelled (8 classes)" in result.stdout
+    label = load_datalist(tmp_path / "dataset.json", keys=("image", "label"))[0]["label"]
+    assert set(np.unique(np.asarray(nib.load(label).dataobj))) <= {0, 205, 420, 500, 550, 600, 820, 850}

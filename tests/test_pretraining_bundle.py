@@ -121,10 +121,11 @@ def test_2d_image_names_the_file_and_the_shape(tmp_path):
 
 
 def test_multi_gpu_overlay_runs_under_torchrun_with_gloo(tmp_path):
-    """Two CPU processes (gloo) pre-train one epoch; rank 0 alone writes the weights and previews."""
+    """Two CPU processes (gloo) pre-train one epoch; rank 0 alone writes the weights and previews; the device is a
+    string, as ``--device cpu`` gives it."""
     overrides = dict(dataset_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"),
                      output_dir=str(tmp_path / "runs"), num_volumes=4, volume_shape=[64, 64, 48], max_epochs=1,
-                     checkpoint_interval=1, preview_interval=1, batch_size=1) | TINY
+                     checkpoint_interval=1, preview_interval=1, batch_size=1, device="cpu") | TINY
     run_torchrun(BUNDLE, ["train.json", "quickstart.json", "multi_gpu_train.json"], **overrides)
     assert (tmp_path / "models" / "encoder.pt").exists() and (tmp_path / "models" / "model.pt").exists()
     assert os.listdir(tmp_path / "runs" / "previews") == ["preview_epoch_0001.png"]

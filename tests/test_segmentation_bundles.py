@@ -29,20 +29,21 @@ def test_every_segmentation_bundle_has_a_synthetic_layout():
 
 
 def overrides(bundle, folder, datalist, **extra):
-    """Tiny-size overrides of train.json (and evaluate.json) for ``bundle``'s synthetic dataset."""
+    """Tiny-size overrides of train.json (and evaluate.json) for ``bundle``'s synthetic dataset; the device is given
+    as a string, as on the command line (``--device cpu``)."""
     layout = SYNTHETIC_TASKS[bundle]
     roi, _ = roi_and_shape(bundle)
     return dict(datalist=datalist, dataset_dir=os.path.dirname(datalist), ckpt_dir=str(folder / "models"),
                 output_dir=str(folder / "runs"), max_epochs=2, val_interval=1, warmup_epochs=1, num_samples=1,
                 amp=False, num_workers=0, cache_rate=0.0, pixdim=list(layout["spacing"]), sw_batch_size=1,
-                roi_size=roi) | TINY | ({"ct_only": False} if "amos" in bundle else {}) | extra
+                roi_size=roi, device="cpu") | TINY | ({"ct_only": False} if "amos" in bundle else {}) | extra
 
 
 def inference_overrides(bundle, datalist, checkpoint, out, **extra):
     layout = SYNTHETIC_TASKS[bundle]
     roi, _ = roi_and_shape(bundle)
     return dict(datalist=datalist, checkpoint=checkpoint, output_dir=str(out), amp=False, num_workers=0,
-                pixdim=list(layout["spacing"]), sw_batch_size=1, roi_size=roi) | TINY | extra
+                pixdim=list(layout["spacing"]), sw_batch_size=1, roi_size=roi, device="cpu") | TINY | extra
 
 
 @pytest.fixture(scope="module", params=BUNDLES)

@@ -12,7 +12,11 @@ Figures (each a median of ``--repeats`` timed runs after warm-up; both sides of 
    (configs/crops_on_device.json).
 4. ``inference_vs_monai_ratio``: sliding-window inference with the ``network_def`` and ``inferer`` parsed from
    ``bundles/glmae_btcv_segmentation/configs/inference.json`` against a plain ``UNETR`` + ``SlidingWindowInferer``.
-5. GPU only: samples/s, peak memory and MFU of the ViT-B/16 step at the paper sizes with bf16 autocast.
+5. ``finetune_vs_fp32_ratio``: a UNETR fine-tuning step (forward, DiceCE, backward, AdamW) with the ``network_def``,
+   ``loss`` and ``train#inferer`` of ``bundles/glmae_btcv_segmentation/configs/train.json`` in the bundle's
+   precision (bf16 autocast on a native-bf16 CPU, fp16 autocast on GPU) against the same step in fp32 with MONAI's
+   ``SimpleInferer``, same weights and crops.
+6. GPU only: samples/s, peak memory and MFU of the ViT-B/16 step at the paper sizes with bf16 autocast.
 
 With ``--compile`` also: the step of figure 1 with ``torch.compile`` against eager, and the compile time.
 
@@ -49,7 +53,7 @@ except ImportError:  # run as `python tools/benchmark.py` from a checkout withou
 import monai
 from monai.bundle import ConfigParser
 from monai.data import DataLoader, Dataset, ThreadDataLoader
-from monai.inferers import SlidingWindowInferer
+from monai.inferers import SimpleInferer, SlidingWindowInferer
 from monai.networks.nets import UNETR, MaskedAutoEncoderViT
 
 from custom_components.engines import GLMAETrainer, param_groups_weight_decay
@@ -61,6 +65,7 @@ from custom_components.transforms import GlobalLocalViewsd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INFERENCE_CONFIG = REPO_ROOT / "bundles" / "glmae_btcv_segmentation" / "configs" / "inference.json"
+FINETUNE_CONFIG = REPO_ROOT / "bundles" / "glmae_btcv_segmentation" / "configs" / "train.json"
 PRETRAIN_CONFIG = REPO_ROOT / "bundles" / "glmae_pretraining" / "configs" / "train.json"
 
 TARGETS = {
@@ -68,6 +73,7 @@ TARGETS = {
     "mae_vs_monai_ratio": "<= 0.80",
     "data_to_step_ratio": ">= 3",
     "inference_vs_monai_ratio": "<= 1.0",
+    "finetune_vs_fp32_ratio": "<= 1.0",
 }
 
 VIT_B = {"hidden_size": 768, "mlp_dim": 3072, "num_layers": 12, "num_heads": 12}
@@ -98,6 +104,8 @@ PRESETS = {
         "data": {"volume_shape": (1, 96, 96, 80), "num_volumes": 4, "batches_per_epoch": 20},
         "inference": {"volume_shape": (1, 1, 128, 128, 64), "roi_size": [32, 32, 32], "feature_size": 16,
                       "sw_batch_size": 2, "hidden_size": 96, "mlp_dim": 384, "num_heads": 4},
+        "finetune": {"batch": 4, "roi_size": [32, 32, 32], "feature_size": 16, "hidden_size": 96, "mlp_dim": 384,
+                     "num_heads": 4},
     },
     "paper": {
         "pretrain": PAPER_PRETRAIN,
@@ -105,6 +113,8 @@ PRESETS = {
         "data": {"volume_shape": (1, 256, 256, 192), "num_volumes": 4, "batches_per_epoch": 10},
         "inference": {"volume_shape": (1, 1, 512, 512, 200), "roi_size": [96, 96, 96], "feature_size": 48,
                       "sw_batch_size": 4, **{k: VIT_B[k] for k in ("hidden_size", "mlp_dim", "num_heads")}},
+        "finetune": {"batch": 4, "roi_size": [96, 96, 96], "feature_size": 48,
+                     **{k: VIT_B[k] for k in ("hidden_size", "mlp_dim", "num_heads")}},
     },
 }
 
@@ -411,6 +421,44 @@ def measure_inference(inf_cfg: dict, device: torch.device, repeats: int) -> dict
             "ours_inferer_mode": ours_inferer.mode, "ours_precision": precision, "monai_precision": "fp32"}
 
 
+def measure_finetune_step(ft_cfg: dict, device: torch.device, repeats: int) -> dict:
+    """Figure 5: one fine-tuning step (``batch`` crops of ``roi_size``: forward, loss, backward, AdamW) with
+    train.json's ``network_def``, ``loss`` and ``train#inferer`` in the config's precision (bf16 autocast by the
+    inferer on a native-bf16 CPU; fp16 autocast on GPU as ``SupervisedTrainer`` does) / the same network (a copy with
+    the same weights), loss and optimiser with MONAI's ``SimpleInferer`` in fp32."""
+    parser = ConfigParser()
+    parser.read_config(str(FINETUNE_CONFIG))
+    parser.update({k: ft_cfg[k] for k in ("roi_size", "feature_size", "hidden_size", "mlp_dim", "num_heads")})
+    config_amp = bool(parser.get_parsed_content("amp"))
+    amp = config_amp and device.type == "cuda"
+    precision = ("fp16 autocast" if amp else "bf16 autocast" if config_amp and native_bf16(device) else "fp32")
+    ours_net = parser.get_parsed_content("network_def").to(device)
+    base_net = parser.get_parsed_content("network_def", lazy=False).to(device)
+    base_net.load_state_dict(ours_net.state_dict())
+    loss = parser.get_parsed_content("loss")
+    ours_inferer, base_inferer = parser.get_parsed_content("train#inferer"), SimpleInferer()
+    image = torch.rand(ft_cfg["batch"], 1, *ft_cfg["roi_size"], device=device)
+    label = torch.randint(0, parser["num_classes"], (ft_cfg["batch"], 1, *ft_cfg["roi_size"]), device=device)
+
+    def step(net: torch.nn.Module, inferer: Callable, autocast: bool) -> Callable[[], None]:
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-5)
+
+        def run() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(device, autocast, torch.float16):
+                value = loss(inferer(image, net), label)
+            value.backward()
+            optimizer.step()
+        return run
+
+    times_ours, times_base = _compare(step(ours_net, ours_inferer, amp), step(base_net, base_inferer, False),
+                                      repeats, warmup=1, device=device)
+    ours_s, base_s = statistics.median(times_ours), statistics.median(times_base)
+    return {"ratio": ours_s / base_s, "ours_s": ours_s, "fp32_s": base_s, "ours_precision": precision,
+            "batch": ft_cfg["batch"], "roi_size": ft_cfg["roi_size"], "feature_size": ft_cfg["feature_size"],
+            "hidden_size": ft_cfg["hidden_size"]}
+
+
 def glmae_step_flops(cfg: dict) -> float:
     """Analytic FLOPs of one GL-MAE training step (multiply-add = 2 FLOPs): 3x the student forward (forward +
     backward) plus the teacher forward on intact global views. Counts patch embedding (of the visible patches only
@@ -505,6 +553,10 @@ def print_table(results: dict) -> None:
         rows.append(("inference_vs_monai_ratio",
                      f"{inf['ours_s']:.2f} s {inf['ours_precision']}" + _mb(inf["ours_peak_memory_mb"]),
                      f"{inf['monai_s']:.2f} s fp32" + _mb(inf["monai_peak_memory_mb"]) + " (MONAI)"))
+    if "finetune" in d:
+        ft = d["finetune"]
+        rows.append(("finetune_vs_fp32_ratio", f"{ft['ours_s'] * 1e3:.0f} ms/step {ft['ours_precision']}",
+                     f"{ft['fp32_s'] * 1e3:.0f} ms/step fp32 (SimpleInferer)"))
     print(f"{'figure':<26}{'ours':<36}{'baseline':<42}{'ratio':>8}  target")
     for name, ours, base in rows:
         print(f"{name:<26}{ours:<36}{base:<42}{results[name]:>8.3f}  {TARGETS[name]}")
@@ -533,7 +585,7 @@ def print_table(results: dict) -> None:
               f"{gpu['achieved_tflops']:.0f} TFLOP/s, MFU {gpu['mfu']:.1%} of {gpu['peak_tflops']:g} TFLOP/s")
 
 
-FIGURES = ("step", "mae", "data", "inference", "gpu")
+FIGURES = ("step", "mae", "data", "inference", "finetune", "gpu")
 
 
 def run_benchmark(device: torch.device, preset: str, repeats: int, num_workers: int, peak_tflops: float,
@@ -546,7 +598,8 @@ def run_benchmark(device: torch.device, preset: str, repeats: int, num_workers: 
     if inference_shape is not None:
         inf_cfg["volume_shape"] = (1, 1, *inference_shape)
     details: dict = {"preset": preset, "repeats": repeats, "machine": machine_info(device),
-                     "sizes": {"pretrain": cfg["pretrain"], "mae": cfg["mae"], "inference": inf_cfg}}
+                     "sizes": {"pretrain": cfg["pretrain"], "mae": cfg["mae"], "inference": inf_cfg,
+                               "finetune": cfg["finetune"]}}
     results: dict = {}
     if "step" in figures or "data" in figures:
         details["step"] = measure_step_overhead(cfg["pretrain"], device, repeats)
@@ -561,6 +614,9 @@ def run_benchmark(device: torch.device, preset: str, repeats: int, num_workers: 
     if "inference" in figures:
         details["inference"] = measure_inference(inf_cfg, device, repeats)
         results["inference_vs_monai_ratio"] = details["inference"]["ratio"]
+    if "finetune" in figures:
+        details["finetune"] = measure_finetune_step(cfg["finetune"], device, repeats)
+        results["finetune_vs_fp32_ratio"] = details["finetune"]["ratio"]
     if "gpu" in figures:
         details["gpu_vit_b_step"] = (measure_gpu_vit_b_step(device, peak_tflops, repeats) if device.type == "cuda"
                                      else {"skipped": "needs --device cuda"})

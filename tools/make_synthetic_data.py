@@ -3,6 +3,7 @@
 Example (from the repository root)::
 
     python tools/make_synthetic_data.py --out data/synthetic --num-volumes 8 --shape 96 96 64
+    python tools/make_synthetic_data.py --out data/mmwhs_like --task glmae_mmwhs_segmentation   # a bundle's layout
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ try:
 except ImportError:  # run as `python tools/make_synthetic_data.py` from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from custom_components.data import write_synthetic_dataset
+from custom_components.data import SYNTHETIC_TASKS, write_synthetic_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,23 +40,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="base seed; case i uses seed + i")
     parser.add_argument("--varied", action="store_true",
                         help="vary body layout, organ set and intensity profile per volume (pre-training data)")
+    parser.add_argument("--task", choices=sorted(SYNTHETIC_TASKS), default=None,
+                        help="the layout of a segmentation bundle (classes, raw label values, spacing, lesions); "
+                        "replaces --num-classes and --spacing")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    layout = {"spacing": tuple(args.spacing), "num_classes": args.num_classes}
+    layout |= SYNTHETIC_TASKS[args.task] if args.task else {}
+    args.spacing, args.num_classes = layout["spacing"], layout["num_classes"]
     try:
         datalist = write_synthetic_dataset(
             args.out,
             num_volumes=args.num_volumes,
             shape=tuple(args.shape),
-            spacing=tuple(args.spacing),
-            num_classes=args.num_classes,
             labelled=not args.unlabelled,
             num_folds=args.num_folds,
             num_test=args.num_test,
             seed=args.seed,
             varied=args.varied,
+            **layout,
         )
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
