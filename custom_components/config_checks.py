@@ -13,6 +13,9 @@ __all__ = ["check_cli_overrides", "RUN_ARGUMENTS"]
 #: Arguments of ``python -m monai.bundle run`` itself, not config ids.
 RUN_ARGUMENTS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
                  "workflow_type", "workflow_name", "properties_path"}
+#: Values the command line keeps as strings although they look like constants: "false" is a non-empty string, so
+#: ``--amp false`` would leave mixed precision on. Python's spelling is what ``monai.bundle run`` turns into values.
+PYTHON_SPELLING = {"true": "True", "false": "False", "null": "None", "none": "None"}
 
 
 def _cli_pairs(argv: list[str]) -> dict[str, str]:
@@ -31,7 +34,10 @@ def _cli_pairs(argv: list[str]) -> dict[str, str]:
 
 def check_cli_overrides(argv: list[str] | None = None) -> None:
     """Raise a ``ValueError`` when a ``--key`` given to ``python -m monai.bundle run`` is not an id of the config
-    files (a typo such as ``--max_epoch`` would otherwise add an unused id and be silently ignored).
+    files (a typo such as ``--max_epoch`` would otherwise add an unused id and be silently ignored), or when its
+    value is ``true`` / ``false`` / ``null`` / ``none``: the command line passes those on as strings, and the
+    string ``"false"`` counts as true (``--amp false`` would keep mixed precision on); the message gives the
+    spelling that works (``--amp False``).
 
     Bundle configs call it first in ``initialize``. Outside the ``monai.bundle`` command line (Python API,
     tests) it does nothing. A nested id (``train#trainer#max_epochs``) is checked by its first component.
@@ -51,6 +57,11 @@ def check_cli_overrides(argv: list[str] | None = None) -> None:
         root = key.replace("::", "#").split("#")[0].lstrip("+")
         if key not in RUN_ARGUMENTS and root not in known:
             unknown.append(key)
+    misspelt = {k: v for k, v in pairs.items() if k not in RUN_ARGUMENTS and v in PYTHON_SPELLING}
+    if misspelt:
+        hints = "; ".join(f"--{k} {PYTHON_SPELLING[v]} instead of --{k} {v}" for k, v in misspelt.items())
+        raise ValueError(f"write {hints}: python -m monai.bundle run reads values as Python literals, so true, false, "
+                         f"null and none stay strings, and a non-empty string such as 'false' counts as true.")
     if unknown:
         hints = "; ".join(
             f"--{k}" + (f" (did you mean --{m[0]}?)" if (m := difflib.get_close_matches(k, known, n=1)) else "")

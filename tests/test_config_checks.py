@@ -1,4 +1,4 @@
-"""Command-line overrides must name config ids that exist."""
+"""Command-line overrides must name config ids that exist and spell constants the way the command line reads them."""
 
 import os
 import subprocess
@@ -27,6 +27,14 @@ def test_known_ids_nested_ids_and_run_arguments_pass(in_pretraining_bundle):
 def test_a_typo_is_an_error_with_a_suggestion(in_pretraining_bundle):
     with pytest.raises(ValueError, match=r"--max_epoch \(did you mean --max_epochs\?\)"):
         check_cli_overrides([MAIN, "run", "--config_file", CONFIGS, "--max_epoch", "2"])
+
+
+@pytest.mark.parametrize("value, spelling", [("false", "False"), ("true", "True"), ("null", "None")])
+def test_lowercase_constants_are_an_error_with_the_spelling_that_works(in_pretraining_bundle, value, spelling):
+    """``--amp false`` reaches the config as the string 'false', which is truthy: mixed precision would stay on."""
+    with pytest.raises(ValueError, match=f"--amp {spelling} instead of --amp {value}"):
+        check_cli_overrides([MAIN, "run", "--config_file", CONFIGS, "--amp", value])
+    check_cli_overrides([MAIN, "run", "--config_file", CONFIGS, f"--amp={spelling}"])
 
 
 def test_outside_the_bundle_command_line_nothing_is_checked():
