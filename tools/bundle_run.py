@@ -114,7 +114,16 @@ def display_command(bundle: str, configs: Sequence[str], overrides: Mapping[str,
 
 
 def _display(bundle: str, command: list[str]) -> str:
-    return f"(cd {shlex.quote(os.path.relpath(bundle_dir(bundle)))} && {shlex.join(['python', *command[1:]])})"
+    words = " ".join(_quote(word) for word in ["python", *command[1:]])
+    return f"(cd {shlex.quote(os.path.relpath(bundle_dir(bundle)))} && {words})"
+
+
+def _quote(word: str) -> str:
+    """``shlex.quote``, except that a word with single quotes and nothing a double-quoted shell word expands is
+    wrapped in double quotes, as the docs write ``--config_file "['configs/train.json','configs/evaluate.json']"``."""
+    if "'" in word and not any(c in word for c in '"$`\\!'):
+        return f'"{word}"'
+    return shlex.quote(word)
 
 
 def run_bundle(bundle: str, configs: Sequence[str], overrides: Mapping[str, Any] | None = None,
