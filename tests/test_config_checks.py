@@ -47,3 +47,45 @@ def test_the_bundle_command_stops_on_an_unknown_override():
                             env=dict(os.environ, PYTHONPATH=REPO_ROOT), timeout=120)
     assert result.returncode != 0
     assert "unknown config id(s) on the command line: --num_volume (did you mean --num_volumes?)" in result.stderr
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: ValueError: unknown config id(s) on the command line: --num_volume")
+
+
+def run_btcv(*args, cwd_bundle="glmae_btcv_segmentation"):
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json", *args]
+    return subprocess.run(command, cwd=os.path.join(BUNDLES, cwd_bundle), capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO_ROOT), timeout=300)
+
+
+def last_line(result) -> str:
+    return [line for line in result.stderr.splitlines() if line.strip()][-1]
+
+
+def test_the_cause_is_the_last_line_of_a_failed_run(tmp_path):
+    """MONAI wraps a project error in 'Failed to evaluate ConfigExpression'; the run still ends on the cause."""
+    result = run_btcv("--dataset_dir", str(tmp_path / "nowhere"))
+    assert result.returncode != 0
+    assert last_line(result) == f"error: FileNotFoundError: datalist file '{tmp_path / 'nowhere'}/dataset_0.json' does not exist."
+    assert "Traceback" in result.stderr  # the traceback is still there, above
+
+
+def test_the_cause_is_the_last_line_when_a_dataloader_worker_fails(tmp_path):
+    """A bad label read in a DataLoader worker process comes back as text; its project error is still the last line."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    image, label = np.zeros((32, 32, 16), np.int16), np.zeros((32, 32, 16), np.uint8)
+    label[8:16, 8:16, 4:8] = 40
+    for name, array in (("img.nii.gz", image), ("lab.nii.gz", label)):
+        nib.save(nib.Nifti1Image(array, np.eye(4)), str(tmp_path / name))
+    entry = {"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}
+    (tmp_path / "d.json").write_text(json.dumps({"training": [entry], "validation": [entry]}))
+    result = run_btcv("--datalist", str(tmp_path / "d.json"), "--cache_rate", "0", "--num_workers", "1",
+                      "--max_epochs", "1", "--hidden_size", "48", "--mlp_dim", "96", "--num_heads", "4",
+                      "--feature_size", "8", "--roi_size", "[16, 16, 16]", "--output_dir", str(tmp_path / "runs"),
+                      "--ckpt_dir", str(tmp_path / "models"))
+    assert result.returncode != 0
+    assert last_line(result).startswith(f"error: ValueError: label '{tmp_path / 'lab.nii.gz'}' (key 'label') has")
+    assert "outside 0..13: 40" in last_line(result)

@@ -193,3 +193,28 @@ def test_amos_dataset_json_is_the_datalist_and_mri_cases_are_left_out(tmp_path):
     assert all(os.path.isfile(e["label"]) for e in train + validation)
     run_workflow(make_workflow(bundle, ["train.json"], **overrides(bundle, tmp_path, str(tmp_path / "dataset.json"),
                                                                   max_epochs=1, ct_only=True)))
+
+
+def test_a_model_of_other_sizes_or_a_missing_one_is_one_clear_sentence(tmp_path):
+    """The quickstart's small model given to the default-size inference stops with the file, the shapes, the size
+    ids it was trained with and the overlay to add, not a page of load_state_dict output."""
+    bundle = "glmae_btcv_segmentation"
+    datalist = write_synthetic_dataset(tmp_path / "data", num_volumes=1, shape=(48, 48, 32), num_folds=1,
+                                       num_test=1, **SYNTHETIC_TASKS[bundle])
+    small = make_workflow(bundle, ["inference.json"], workflow_type="infer",
+                          **inference_overrides(bundle, datalist, "unused", tmp_path / "out"))
+    model = tmp_path / "model.pt"
+    torch.save(small.parser.get_parsed_content("network_def").state_dict(), model)
+    wide = make_workflow(bundle, ["inference.json"], workflow_type="infer", **inference_overrides(
+        bundle, datalist, str(model), tmp_path / "out", hidden_size=96, mlp_dim=192, feature_size=16))
+    with pytest.raises(RuntimeError) as info:  # MONAI wraps what the config's initialize raises
+        wide.initialize()
+    message = str(info.value.__cause__)
+    assert isinstance(info.value.__cause__, ValueError) and str(model) in message and "--hidden_size 48" in message and "--feature_size 8" in message
+    assert "[48, 1, 16, 16, 16] in the file, [96, 1, 16, 16, 16] in the network" in message
+    assert "configs/quickstart.json" in message and "\n" not in message
+    missing = make_workflow(bundle, ["inference.json"], workflow_type="infer", **inference_overrides(
+        bundle, datalist, str(tmp_path / "nowhere" / "model.pt"), tmp_path / "out"))
+    with pytest.raises(RuntimeError) as info:
+        missing.initialize()
+    assert "nowhere/model.pt' does not exist: train first" in str(info.value.__cause__)

@@ -26,6 +26,14 @@ from tools.bundle_run import (PRETRAINING_BUNDLE, bundle_dir, display_command, f
                                run_bundle)
 
 CONFIGS = ["train.json", "quickstart.json"]
+#: what to run next on the model the quickstart trained: (what it does, configs). quickstart.json rebuilds the
+#: small network the model was trained with (the configs alone build the ViT-B default) and points at its data.
+NEXT_STEPS = (
+    ("evaluate it on the validation fold in each image's original space (Dice, HD95, NSD per class, runs/eval/)",
+     ["train.json", "quickstart.json", "evaluate.json"]),
+    ("segment the synthetic test images with it (runs/inference/: NIfTI label maps and overlays)",
+     ["inference.json", "quickstart.json"]),
+)
 
 
 def run_quickstart(bundle: str, overrides: dict | None = None) -> None:
@@ -67,6 +75,15 @@ def main() -> None:
         best = json.load(f)
     print(f"\nfine-tuning finished; total {time.time() - start:.0f} s")
     print(f"validation mean Dice of the fine-tuned model: {best['val_mean_dice']:.4f} (epoch {best['epoch']})")
+    print(next_steps_text(args.bundle))
+
+
+def next_steps_text(bundle: str) -> str:
+    """The commands, ready to paste in the repository root, that evaluate and apply ``bundle``'s quickstart model."""
+    lines = ["\nnext steps with this model (models/model.pt), from the repository root:"]
+    for what, configs in NEXT_STEPS:
+        lines += [f"  # {what}", f"  {display_command(bundle, configs)}"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 from custom_components.handlers.checkpoint import (
-    TrainingCheckpointLoader, TrainingCheckpointSaver, latest_checkpoint,
+    ModelCheckpointLoader, TrainingCheckpointLoader, TrainingCheckpointSaver, latest_checkpoint,
 )
 from custom_components.handlers.export import EncoderExport
 from custom_components.handlers.preview import ReconstructionPreview
@@ -9,6 +9,6 @@ from custom_components.handlers.training_log import TrainingLog, read_training_l
 from custom_components.handlers.validation_log import ValidationLog
 
 __all__ = [
-    "EncoderExport", "ProgressBarHandler", "ReconstructionPreview", "SeedEachEpoch", "TrainingCheckpointLoader", "TrainingCheckpointSaver",
+    "EncoderExport", "ModelCheckpointLoader", "ProgressBarHandler", "ReconstructionPreview", "SeedEachEpoch", "TrainingCheckpointLoader", "TrainingCheckpointSaver",
     "TrainingLog", "ValidationLog", "latest_checkpoint", "read_training_log",
 ]

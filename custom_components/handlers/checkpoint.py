@@ -13,7 +13,8 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
 __all__ = [
-    "CPUSaveHandler", "TrainingCheckpointLoader", "TrainingCheckpointSaver", "latest_checkpoint", "to_cpu",
+    "CPUSaveHandler", "ModelCheckpointLoader", "TrainingCheckpointLoader", "TrainingCheckpointSaver", "latest_checkpoint",
+    "to_cpu",
 ]
 
 
@@ -125,3 +126,64 @@ class TrainingCheckpointLoader(CheckpointLoader):
         self.logger.info(f"resumed from {self.load_path} at epoch {engine.state.epoch}, "
                          f"iteration {engine.state.iteration}")
 
+
+
+#: size ids of the segmentation configs and the weight whose shape shows each: (id, key, dim).
+SIZE_IDS = (("hidden_size", "vit.patch_embedding.patch_embeddings.weight", 0),
+            ("in_channels", "vit.patch_embedding.patch_embeddings.weight", 1),
+            ("mlp_dim", "vit.blocks.0.mlp.linear1.weight", 0),
+            ("feature_size", "encoder1.layer.conv1.conv.weight", 0),
+            ("num_classes", "out.conv.conv.weight", 0))
+MAX_LISTED_TENSORS = 3
+
+
+class ModelCheckpointLoader(CheckpointLoader):
+    """MONAI ``CheckpointLoader`` for a trained ``model.pt`` whose errors say what is wrong in one sentence.
+
+    A missing file names the path and what writes it; weights whose shapes do not fit the network the config builds
+    (a model trained with other size ids, e.g. the quickstart's small UNETR loaded into the ViT-B default) name the
+    file, the first mismatching tensors with both shapes, the size ids the checkpoint was trained with, and the fix.
+
+    Args: those of ``CheckpointLoader`` (``load_path``, ``load_dict``, ``map_location``, ...).
+
+    Raises:
+        FileNotFoundError: ``load_path`` does not exist.
+        ValueError: the checkpoint does not fit the network (sizes, or keys missing / unexpected).
+    """
+
+    def __call__(self, engine: Engine) -> None:
+        if not os.path.isfile(self.load_path):
+            raise FileNotFoundError(
+                f"model checkpoint '{self.load_path}' does not exist: train first (configs/train.json saves the best "
+                f"model as models/model.pt), or point --checkpoint / --ckpt_dir at it."
+            )
+        try:
+            super().__call__(engine)
+        except RuntimeError as err:
+            if "Error(s) in loading state_dict" not in str(err):
+                raise
+            raise ValueError(self._mismatch(err)) from None
+
+    def _mismatch(self, err: RuntimeError) -> str:
+        """One paragraph on why the checkpoint does not fit the (first) network of ``load_dict``."""
+        network = next(iter(self.load_dict.values()))
+        wanted = getattr(network, "module", network).state_dict()
+        state = torch.load(self.load_path, map_location="cpu", weights_only=True, mmap=True)
+        state = state.get("model", state) if isinstance(state, dict) else state
+        shapes = [f"{k} {list(v.shape)} in the file, {list(wanted[k].shape)} in the network"
+                  for k, v in state.items() if k in wanted and v.shape != wanted[k].shape]
+        trained = {name: int(state[key].shape[dim]) for name, key, dim in SIZE_IDS
+                   if key in state and key in wanted and state[key].shape[dim] != wanted[key].shape[dim]}
+        missing, unexpected = sorted(wanted.keys() - state.keys()), sorted(state.keys() - wanted.keys())
+        if shapes:
+            more = f"; and {len(shapes) - MAX_LISTED_TENSORS} more" if len(shapes) > MAX_LISTED_TENSORS else ""
+            what = (f"its tensors have other shapes than the network this config builds "
+                    f"({'; '.join(shapes[:MAX_LISTED_TENSORS])}{more})")
+        else:
+            what = (f"its keys do not match the network's ({len(missing)} missing, e.g. {missing[:MAX_LISTED_TENSORS]}; "
+                    f"{len(unexpected)} unexpected, e.g. {unexpected[:MAX_LISTED_TENSORS]})")
+        sizes = ", ".join(f"--{k} {v}" for k, v in trained.items())
+        return (f"model checkpoint '{self.load_path}' does not fit the network: {what}. It was trained with other size "
+                f"ids{f' ({sizes})' if sizes else ''}: give the run the ids it was trained with; a model trained with "
+                f"configs/quickstart.json needs that overlay too, e.g. --config_file "
+                f"\"['configs/inference.json','configs/quickstart.json']\". (load_state_dict: {str(err).splitlines()[0]})")
