@@ -17,7 +17,9 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 #: the errors this project raises for bad inputs (files, datalists, shapes, values, overrides).
 INPUT_ERRORS = (ValueError, FileNotFoundError)
 #: a project error inside the text of an error re-raised from a DataLoader worker (its traceback is text there).
-_WORKER_CAUSE = re.compile(r'File "[^"]*custom_components[^"]*".*\n(?:[ \t].*\n)*((?:ValueError|FileNotFoundError): .+)')
+_WORKER_CAUSE = re.compile(
+    r'File "[^"]*custom_components[^"]*".*\n(?:[ \t].*\n)*((?:ValueError|FileNotFoundError): .+)'
+)
 
 #: Arguments of ``python -m monai.bundle run`` itself, not config ids.
 RUN_ARGUMENTS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",

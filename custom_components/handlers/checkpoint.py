@@ -13,8 +13,8 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
 __all__ = [
-    "CPUSaveHandler", "ModelCheckpointLoader", "TrainingCheckpointLoader", "TrainingCheckpointSaver", "latest_checkpoint",
-    "to_cpu",
+    "CPUSaveHandler", "ModelCheckpointLoader", "TrainingCheckpointLoader", "TrainingCheckpointSaver",
+    "latest_checkpoint", "to_cpu",
 ]
 
 
@@ -180,10 +180,12 @@ class ModelCheckpointLoader(CheckpointLoader):
             what = (f"its tensors have other shapes than the network this config builds "
                     f"({'; '.join(shapes[:MAX_LISTED_TENSORS])}{more})")
         else:
-            what = (f"its keys do not match the network's ({len(missing)} missing, e.g. {missing[:MAX_LISTED_TENSORS]}; "
-                    f"{len(unexpected)} unexpected, e.g. {unexpected[:MAX_LISTED_TENSORS]})")
+            what = (f"its keys do not match the network's ({len(missing)} missing, e.g. "
+                    f"{missing[:MAX_LISTED_TENSORS]}; {len(unexpected)} unexpected, e.g. "
+                    f"{unexpected[:MAX_LISTED_TENSORS]})")
         sizes = ", ".join(f"--{k} {v}" for k, v in trained.items())
+        first_line = str(err).splitlines()[0]
         return (f"model checkpoint '{self.load_path}' does not fit the network: {what}. It was trained with other size "
                 f"ids{f' ({sizes})' if sizes else ''}: give the run the ids it was trained with; a model trained with "
                 f"configs/quickstart.json needs that overlay too, e.g. --config_file "
-                f"\"['configs/inference.json','configs/quickstart.json']\". (load_state_dict: {str(err).splitlines()[0]})")
+                f"\"['configs/inference.json','configs/quickstart.json']\". (load_state_dict: {first_line})")
