@@ -213,6 +213,13 @@ def test_a_model_of_other_sizes_or_a_missing_one_is_one_clear_sentence(tmp_path)
     assert isinstance(info.value.__cause__, ValueError) and str(model) in message and "--hidden_size 48" in message and "--feature_size 8" in message
     assert "[48, 1, 16, 16, 16] in the file, [96, 1, 16, 16, 16] in the network" in message
     assert "configs/quickstart.json" in message and "\n" not in message
+    state = small.parser.get_parsed_content("network_def").state_dict()
+    torch.save(state | {"extra.weight": torch.zeros(1)}, tmp_path / "extra.pt")
+    extra = make_workflow(bundle, ["inference.json"], workflow_type="infer", **inference_overrides(
+        bundle, datalist, str(tmp_path / "extra.pt"), tmp_path / "out"))
+    with pytest.raises(RuntimeError) as info:
+        extra.initialize()
+    assert "0 missing, e.g. []; 1 unexpected, e.g. ['extra.weight']" in str(info.value.__cause__)
     missing = make_workflow(bundle, ["inference.json"], workflow_type="infer", **inference_overrides(
         bundle, datalist, str(tmp_path / "nowhere" / "model.pt"), tmp_path / "out"))
     with pytest.raises(RuntimeError) as info:
