@@ -39,10 +39,9 @@ import time
 from PIL import Image, ImageDraw
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # run as `python tools/label_efficiency.py`, or imported by tools/lr_pilot.py
+if REPO_ROOT not in sys.path:  # run as `python tools/label_efficiency.py` from a checkout without installing
     sys.path.insert(0, REPO_ROOT)
 
-# run_bundle is imported from here by tools/lr_pilot.py
 from tools.bundle_run import PRETRAINING_BUNDLE, finetuning_bundles, run_bundle  # noqa: E402
 
 DEFAULT_BUNDLE = "glmae_btcv_segmentation"

@@ -28,10 +28,9 @@ import sys
 
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from label_efficiency import run_bundle  # noqa: E402
+from tools.bundle_run import run_bundle  # noqa: E402
 
 from custom_components.handlers.training_log import read_training_log  # noqa: E402
 from custom_components.handlers.validation_log import PLOT_SIZE, plot_curves  # noqa: E402
