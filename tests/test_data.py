@@ -15,6 +15,7 @@ import pytest
 
 from custom_components.data import (
     ensure_synthetic_dataset,
+    inference_datalist,
     load_datalist,
     make_synthetic_ct,
     write_datalist_from_folder,
@@ -372,6 +373,15 @@ def test_write_datalist_from_folder_pairs_by_suffix_in_one_folder(tmp_path):
     with pytest.raises(ValueError, match=r"must be '\*<suffix>'"):
         write_datalist_from_folder(folder, folder, out_file=tmp_path / "d.json", num_folds=1,
                                    pattern="ct_*_image.nii.gz", label_pattern="*_label.nii.gz")
+
+
+def test_write_datalist_from_folder_leaves_out_hidden_files(tmp_path):
+    """The MSD archives (Task01 BrainTumour, Task09 Spleen) hold a macOS '._<name>' copy beside every file."""
+    images, labels = _image_folders(tmp_path, ["a.nii.gz", "._a.nii.gz"], ["a.nii.gz", "._a.nii.gz"])
+    out = write_datalist_from_folder(images, labels, out_file=tmp_path / "d.json", num_folds=1)
+    assert json.loads(Path(out).read_text())["training"] == [
+        {"image": "img/a.nii.gz", "label": "lab/a.nii.gz", "fold": 0}]
+    assert inference_datalist(dataset_dir=images) == [{"image": str(images / "a.nii.gz")}]
 
 
 def test_write_datalist_from_folder_images_only(tmp_path):

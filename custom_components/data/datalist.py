@@ -389,7 +389,8 @@ def _list_files(folder: str | os.PathLike, pattern: str, what: str) -> list[Path
     folder_path = Path(folder).expanduser().absolute()
     if not folder_path.is_dir():
         raise FileNotFoundError(f"{what} folder '{folder_path}' does not exist.")
-    files = sorted(f for f in folder_path.glob(pattern) if f.is_file())
+    # hidden files are left out: the MSD archives hold a macOS "._<name>.nii.gz" copy beside every image
+    files = sorted(f for f in folder_path.glob(pattern) if f.is_file() and not f.name.startswith("."))
     if not files:
         raise ValueError(f"{what} folder '{folder_path}' has no files matching '{pattern}'.")
     return files
