@@ -87,7 +87,7 @@ def test_no_foreground_and_unnamed_cases(tmp_path):
     [
         (torch.zeros(1, H, W, D), torch.zeros(H, W, D), r"\[C, H, W, D\]"),
         (torch.zeros(1, H, W, D), torch.zeros(1, H, W, D + 1), r"\[C, H, W, D\]"),
-        (torch.zeros(2, H, W, D), torch.zeros(1, H, W, D), r"\[1, H, W, D\]"),
+        (torch.zeros(H, W, D), torch.zeros(1, H, W, D), r"\[C, H, W, D\] with channel 0"),
         (torch.zeros(1, H, W, D), torch.zeros(2, H, W, D), "2 channels"),
         (torch.zeros(1, H, W, D), torch.full((1, H, W, D), 3.0), "outside"),
     ],

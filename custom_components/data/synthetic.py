@@ -31,6 +31,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from .brats import BRATS_LAYOUTS
 from .datalist import load_datalist, training_entries, write_decathlon_json
 
 __all__ = ["BTCV_ORGANS", "SYNTHETIC_TASKS", "ensure_synthetic_dataset", "make_synthetic_ct", "write_synthetic_dataset"]
@@ -60,6 +61,7 @@ SYNTHETIC_TASKS: dict[str, dict[str, Any]] = {
     "glmae_amos_segmentation": {"num_classes": 16, "spacing": (1.5, 1.5, 2.0)},
     "glmae_word_segmentation": {"num_classes": 17, "spacing": (1.5, 1.5, 2.0)},
     "glmae_covid19_20_segmentation": {"num_classes": 2, "spacing": (1.25, 1.25, 5.0), "lesions": True},
+    "glmae_brats_segmentation": {"num_classes": 4, "spacing": (1.0, 1.0, 1.0), "brain_mri": True},
 }  # fmt: skip
 
 
@@ -140,8 +142,13 @@ def write_synthetic_dataset(
     varied: bool = False,
     label_values: Sequence[int] | None = None,
     lesions: bool = False,
+    brain_mri: bool = False,
+    layout: str = "msd",
 ) -> str:
     """Write a synthetic CT dataset as NIfTI files plus a MONAI decathlon-style ``dataset.json``.
+
+    With ``brain_mri`` the dataset is four-modality brain MRI with tumours instead, in the MSD Task01 or the
+    BraTS 2021 ``layout`` (see :mod:`custom_components.data.synthetic_mri`; ``num_classes`` must be 4).
 
     Layout under ``out_dir``: ``imagesTr/case_0000.nii.gz`` (int16 HU), ``labelsTr/case_0000.nii.gz`` (uint8,
     when ``labelled``), ``imagesTs/test_0000.nii.gz`` (``num_test`` unlabelled images) and ``dataset.json`` with
@@ -164,15 +171,24 @@ def write_synthetic_dataset(
             e.g. MM-WHS's ``(0, 205, 420, 500, 550, 600, 820, 850)``); None writes the class indices. Labels are
             uint8 up to 255 and uint16 beyond.
         lesions: small lung lesions as class 1 instead of organs (``num_classes`` 2), see the module docstring.
+        brain_mri: brain MRI with tumours instead of CT (``num_classes`` 4, labelled, no ``label_values``).
+        layout: with ``brain_mri``, ``"msd"`` (one 4D file per case) or ``"brats2021"`` (a folder per case).
 
     Returns:
         the path of ``dataset.json``.
     """
     args = _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_folds, num_test, seed, varied,
-                           label_values, lesions)
+                           label_values, lesions, brain_mri, layout)
+    root = Path(out_dir).expanduser().absolute()
+    if brain_mri:
+        from .synthetic_mri import write_brain_mri_dataset  # it builds on this module's writers
+
+        datalist = write_brain_mri_dataset(root, args)
+        logger.info(f"wrote {num_volumes} synthetic brain MRI cases and {num_test} test cases ({layout} layout) to "
+                    f"{root}; datalist {datalist}")
+        return datalist
     values = None if label_values is None else np.asarray(args["label_values"])
     label_dtype = np.uint8 if values is None or values.max() <= 255 else np.uint16
-    root = Path(out_dir).expanduser().absolute()
     affine = _affine(args["shape"], args["spacing"])
     images, labels = [], []
     for index in range(num_volumes):
@@ -384,11 +400,12 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, root: Path) -
 _DEFAULTS = {
     "num_volumes": 8, "shape": (96, 96, 64), "spacing": (1.5, 1.5, 2.0), "num_classes": 14, "labelled": True,
     "num_folds": 5, "num_test": 2, "seed": 0, "varied": False, "label_values": None, "lesions": False,
+    "brain_mri": False, "layout": "msd",
 }  # fmt: skip
 
 
 def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_folds, num_test, seed,
-                    varied=False, label_values=None, lesions=False) -> dict[str, Any]:
+                    varied=False, label_values=None, lesions=False, brain_mri=False, layout="msd") -> dict[str, Any]:
     """Validate the dataset arguments and return them JSON-ready (lists for sequences)."""
     if isinstance(num_volumes, bool) or not isinstance(num_volumes, int) or num_volumes < 1:
         raise ValueError(f"num_volumes must be a positive int, got {num_volumes!r}.")
@@ -396,7 +413,7 @@ def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_fold
         raise ValueError(f"num_folds must be an int in 1..num_volumes={num_volumes}, got {num_folds!r}.")
     if isinstance(num_test, bool) or not isinstance(num_test, int) or num_test < 0:
         raise ValueError(f"num_test must be a non-negative int, got {num_test!r}.")
-    for name, flag in (("labelled", labelled), ("varied", varied), ("lesions", lesions)):
+    for name, flag in (("labelled", labelled), ("varied", varied), ("lesions", lesions), ("brain_mri", brain_mri)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be a bool, got {flag!r}.")
     spacing = tuple(float(s) for s in spacing) if isinstance(spacing, Sequence) else ()
@@ -406,6 +423,8 @@ def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_fold
     _validate_seed(seed)
     if lesions and num_classes != 2:
         raise ValueError(f"lesions=True labels one class (lesion), so num_classes must be 2, got {num_classes}.")
+    if brain_mri:
+        _check_brain_mri_args(num_classes, labelled, varied, lesions, label_values, layout)
     if label_values is not None:
         values = list(label_values) if isinstance(label_values, (Sequence, np.ndarray)) else []
         valid = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 65535 for v in values)
@@ -417,8 +436,19 @@ def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_fold
         "num_volumes": num_volumes, "shape": list(_validate_shape(shape)), "spacing": list(spacing),
         "num_classes": num_classes, "labelled": labelled, "num_folds": num_folds, "num_test": num_test, "seed": seed,
         **({"varied": True} if varied else {}), **({"label_values": label_values} if label_values else {}),
-        **({"lesions": True} if lesions else {}),
+        **({"lesions": True} if lesions else {}), **({"brain_mri": True, "layout": layout} if brain_mri else {}),
     }  # fmt: skip
+
+
+def _check_brain_mri_args(num_classes, labelled, varied, lesions, label_values, layout) -> None:
+    """Check the arguments that a brain MRI dataset fixes (4 label classes, labelled, one of the layouts)."""
+    if layout not in BRATS_LAYOUTS:
+        raise ValueError(f"layout must be one of {sorted(BRATS_LAYOUTS)}, got {layout!r}.")
+    if num_classes != 4 or not labelled or varied or lesions or label_values is not None:
+        raise ValueError("brain_mri=True writes labelled tumours with 4 classes (background, necrotic core, edema, "
+                         "enhancing) in the layout's own label values: it needs num_classes=4, labelled=True and no "
+                         f"varied, lesions or label_values; got num_classes={num_classes}, labelled={labelled}, "
+                         f"varied={varied}, lesions={lesions}, label_values={label_values}.")
 
 
 def _validate_shape(shape: Sequence[int]) -> tuple[int, int, int]:

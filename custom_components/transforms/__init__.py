@@ -1,10 +1,12 @@
 from custom_components.transforms.checks import CheckImaged, CheckLabeld
 from custom_components.transforms.io import LoadImageWithContext, LoadImageWithContextd
 from custom_components.transforms.labels import RemapLabeld, parse_label_mapping
+from custom_components.transforms.modalities import LoadModalitiesd
 from custom_components.transforms.overlay import SaveOverlayd
+from custom_components.transforms.regions import LabelToRegionsd, RegionsToLabeld
 from custom_components.transforms.views import GlobalLocalViewsd
 
 __all__ = [
-    "CheckImaged", "CheckLabeld", "GlobalLocalViewsd", "LoadImageWithContext", "LoadImageWithContextd", "RemapLabeld",
-    "SaveOverlayd", "parse_label_mapping",
+    "CheckImaged", "CheckLabeld", "GlobalLocalViewsd", "LabelToRegionsd", "LoadImageWithContext",
+    "LoadImageWithContextd", "LoadModalitiesd", "RegionsToLabeld", "RemapLabeld", "SaveOverlayd", "parse_label_mapping",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from monai.utils import convert_to_numpy
 from PIL import Image, ImageDraw
 
 from custom_components.transforms.checks import UNKNOWN_FILE, source_file
+from custom_components.transforms.regions import regions_to_label
 
 __all__ = ["PALETTE", "SaveOverlayd", "overlay_slices", "render_overlay"]
 
@@ -34,7 +35,8 @@ ALPHA = 0.45
 GAP = 4  # pixels between tiles
 HEADER = 14  # pixels above the tiles for the slice indices
 LEGEND_ROW = 14  # pixels per legend entry
-LEGEND_WIDTH = 48
+LEGEND_WIDTH = 48  # pixels right of the tiles for the legend (wider when class names need it)
+CHAR_WIDTH = 6  # pixels per character of PIL's default font
 MIN_TILE = 192  # pixels: the automatic zoom makes tiles at least this wide
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -51,13 +53,14 @@ def overlay_slices(labels: np.ndarray, slices: int) -> list[int]:
 
 
 def render_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, slices: int = 3,
-                   zoom: int | None = 1) -> Image.Image:
+                   zoom: int | None = 1, class_names: Sequence[str] | None = None) -> Image.Image:
     """Draw the slices chosen by :func:`overlay_slices` side by side, image in grey and class ``c`` blended in
     ``PALETTE[c - 1]`` at ``ALPHA``, with the slice indices above and a legend of class ids on the right.
 
     Each ``[H, W]`` slice is rotated by 90 degrees (``np.rot90``) into an ``H`` wide, ``W`` high tile; tile ``i``
-    starts at ``(i * (H + GAP), HEADER)``. The picture is ``slices * (H + GAP) + LEGEND_WIDTH`` wide and
-    ``HEADER + max(W, (num_classes - 1) * LEGEND_ROW + GAP)`` high.
+    starts at ``(i * (H + GAP), HEADER)``. The picture is ``slices * (H + GAP) + L`` wide and
+    ``HEADER + max(W, (num_classes - 1) * LEGEND_ROW + GAP)`` high, where the legend width ``L`` is
+    ``LEGEND_WIDTH``, or more when ``class_names`` need it.
 
     Args:
         image: ``[H, W, D]`` intensities in [0, 1] (values outside are clipped).
@@ -66,6 +69,7 @@ def render_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, slic
         slices: number of axial slices to show.
         zoom: integer magnification of the slices (nearest neighbour; the sizes above are then of the zoomed
             image); None picks the smallest that makes a tile at least ``MIN_TILE`` pixels wide.
+        class_names: the legend's name of each class ``1..num_classes-1``; None writes the class indices.
 
     Raises:
         ValueError: ``image`` and ``labels`` are not two ``[H, W, D]`` arrays of the same shape.
@@ -75,6 +79,10 @@ def render_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, slic
     zoom = max(1, -(-MIN_TILE // image.shape[0])) if zoom is None else zoom
     if zoom < 1:
         raise ValueError(f"zoom must be a positive int or None, got {zoom}.")
+    legend = [str(c) for c in range(1, num_classes)] if class_names is None else [str(n) for n in class_names]
+    if len(legend) != num_classes - 1:
+        raise ValueError(f"class_names must name the {num_classes - 1} classes after the background, got {legend}.")
+    legend_width = max(LEGEND_WIDTH, 14 + CHAR_WIDTH * max(map(len, legend)) + GAP)
     if zoom > 1:
         image = image.repeat(zoom, axis=0).repeat(zoom, axis=1)
         labels = labels.repeat(zoom, axis=0).repeat(zoom, axis=1)
@@ -82,7 +90,7 @@ def render_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, slic
     indices = overlay_slices(labels, slices)
     palette = np.array(((0, 0, 0),) + PALETTE[: num_classes - 1], dtype=np.float32)
     legend_height = (num_classes - 1) * LEGEND_ROW + GAP
-    canvas = Image.new("RGB", (slices * (height + GAP) + LEGEND_WIDTH, HEADER + max(width, legend_height)))
+    canvas = Image.new("RGB", (slices * (height + GAP) + legend_width, HEADER + max(width, legend_height)))
     draw = ImageDraw.Draw(canvas)
     for i, z in enumerate(indices):
         grey = np.repeat(np.clip(np.rot90(image[:, :, z]), 0.0, 1.0)[..., None] * 255.0, 3, axis=-1)
@@ -96,7 +104,7 @@ def render_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, slic
     for c in range(1, num_classes):
         y = HEADER + (c - 1) * LEGEND_ROW
         draw.rectangle((x, y + 2, x + 9, y + 11), fill=PALETTE[c - 1])
-        draw.text((x + 14, y + 1), str(c), fill="white")
+        draw.text((x + 14, y + 1), legend[c - 1], fill="white")
     return canvas
 
 
@@ -109,13 +117,20 @@ class SaveOverlayd(MapTransform):
 
     Args:
         keys: key of the segmentation, either a label map ``[1, H, W, D]`` or a one-hot/probability map
-            ``[num_classes, H, W, D]`` (argmax over the channels). One key.
-        image_key: key of the image, ``[1, H, W, D]`` intensities already scaled to [0, 1].
+            ``[num_classes, H, W, D]`` (argmax over the channels), or with ``regions`` a binary region map
+            ``[R, H, W, D]``. One key.
+        image_key: key of the image, ``[C, H, W, D]``.
         output_dir: folder of the PNG files (created when needed).
         num_classes: number of classes including the background, 2..``len(PALETTE) + 1``.
         output_postfix: appended to the case name.
         slices: number of axial slices side by side.
         zoom: integer magnification of the slices, or None to make each at least ``MIN_TILE`` pixels wide.
+        class_names: legend names of the classes ``1..num_classes-1``; None shows the class indices.
+        regions: the class indices of each channel of a region map (e.g. BraTS TC/WT/ET ``[[1, 3], [1, 2, 3],
+            [3]]``), drawn as the classes they nest (see ``regions_to_label``); None: ``keys`` holds classes.
+        image_channel: the image channel shown in grey (e.g. 0, FLAIR, of a 4-channel MRI).
+        window: the intensities shown from black to white; None: the 0.5th to 99.5th percentile of the channel's
+            non-zero voxels (z-scored MRI).
         allow_missing_keys: skip cases without the segmentation key.
 
     Raises:
@@ -136,6 +151,10 @@ class SaveOverlayd(MapTransform):
         output_postfix: str = "overlay",
         slices: int = 3,
         zoom: int | None = 1,
+        class_names: Sequence[str] | None = None,
+        regions: Sequence[Sequence[int]] | None = None,
+        image_channel: int = 0,
+        window: Sequence[float] | None = (0.0, 1.0),
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -152,6 +171,12 @@ class SaveOverlayd(MapTransform):
         self.output_postfix = output_postfix
         self.slices = slices
         self.zoom = zoom
+        self.class_names = class_names
+        self.regions = regions
+        self.image_channel = image_channel
+        if window is not None and (len(window) != 2 or not window[0] < window[1]):
+            raise ValueError(f"window must be [low, high] with low < high, or None, got {window!r}.")
+        self.window = window
         self._unnamed = 0
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -161,16 +186,25 @@ class SaveOverlayd(MapTransform):
             labels = self._labels(d[key], key, image.shape)
             os.makedirs(self.output_dir, exist_ok=True)
             path = os.path.join(self.output_dir, f"{self._case_name(d)}_{self.output_postfix}.png")
-            render_overlay(image, labels, self.num_classes, self.slices, self.zoom).save(path)
+            render_overlay(image, labels, self.num_classes, self.slices, self.zoom, self.class_names).save(path)
             logger.debug(f"overlay written to {path}")
         return d
 
     def _image(self, image: NdarrayOrTensor) -> np.ndarray:
-        if image.ndim != 4 or image.shape[0] != 1:
-            raise ValueError(f"'{self.image_key}' must be [1, H, W, D], got shape {tuple(image.shape)}.")
-        return convert_to_numpy(image, dtype=np.float32)[0]
+        if image.ndim != 4 or not 0 <= self.image_channel < image.shape[0]:
+            raise ValueError(f"'{self.image_key}' must be [C, H, W, D] with channel {self.image_channel}, got shape "
+                             f"{tuple(image.shape)}.")
+        shown = convert_to_numpy(image[self.image_channel], dtype=np.float32)
+        if self.window is None:
+            foreground = shown[shown != 0]
+            low, high = np.percentile(foreground, (0.5, 99.5)) if foreground.size else (0.0, 1.0)
+        else:
+            low, high = self.window
+        return (shown - low) / max(float(high - low), 1e-6)
 
     def _labels(self, pred: NdarrayOrTensor, key: Hashable, spatial: tuple[int, ...]) -> np.ndarray:
+        if self.regions is not None:
+            pred = regions_to_label(pred, self.regions)
         shape = tuple(pred.shape)
         if pred.ndim != 4 or shape[1:] != spatial:
             raise ValueError(f"'{key}' must be [C, H, W, D] with [H, W, D] = {spatial} of the image, got {shape}.")
