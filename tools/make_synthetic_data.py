@@ -4,6 +4,7 @@ Example (from the repository root)::
 
     python tools/make_synthetic_data.py --out data/synthetic --num-volumes 8 --shape 96 96 64
     python tools/make_synthetic_data.py --out data/mmwhs_like --task glmae_mmwhs_segmentation   # a bundle's layout
+    python tools/make_synthetic_data.py --out data/brats_like --task glmae_brats_segmentation --layout brats2021
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="vary body layout, organ set and intensity profile per volume (pre-training data)")
     parser.add_argument("--task", choices=sorted(SYNTHETIC_TASKS), default=None,
                         help="the layout of a segmentation bundle (classes, raw label values, spacing, lesions); "
-                        "replaces --num-classes and --spacing")
+                        "replaces --num-classes and --spacing; glmae_brats_segmentation writes four-modality "
+                        "brain MRI with tumours instead of CT")
+    parser.add_argument("--layout", choices=["msd", "brats2021"], default="msd",
+                        help="with --task glmae_brats_segmentation: MSD Task01 (one 4D file per case) or BraTS 2021 "
+                        "(a folder per case, one file per modality)")
     return parser.parse_args(argv)
 
 
@@ -50,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     layout = {"spacing": tuple(args.spacing), "num_classes": args.num_classes}
     layout |= SYNTHETIC_TASKS[args.task] if args.task else {}
+    if layout.get("brain_mri"):
+        layout["layout"] = args.layout
     args.spacing, args.num_classes = layout["spacing"], layout["num_classes"]
     try:
         datalist = write_synthetic_dataset(

@@ -29,7 +29,7 @@ TISSUES = {
     "grey matter": (450.0, 500.0, 520.0, 450.0),
     "csf": (100.0, 200.0, 200.0, 900.0),
     "edema": (800.0, 450.0, 470.0, 750.0),
-    "necrosis": (500.0, 300.0, 300.0, 800.0),
+    "necrosis": (500.0, 300.0, 380.0, 800.0),
     "enhancing": (600.0, 500.0, 1000.0, 500.0),
 }
 NOISE = 0.04  # of each modality's white-matter intensity
