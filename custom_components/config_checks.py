@@ -26,7 +26,9 @@ RUN_ARGUMENTS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "l
                  "workflow_type", "workflow_name", "properties_path"}
 #: Values the command line keeps as strings although they look like constants: "false" is a non-empty string, so
 #: ``--amp false`` would leave mixed precision on. Python's spelling is what ``monai.bundle run`` turns into values.
-PYTHON_SPELLING = {"true": "True", "false": "False", "null": "None", "none": "None"}
+#: a config expression for null: `python -m monai.bundle run` drops an override whose value is None.
+NULL_SPELLING = "'$None'"
+PYTHON_SPELLING = {"true": "True", "false": "False", "null": NULL_SPELLING, "none": NULL_SPELLING, "None": NULL_SPELLING}
 
 
 def _cli_pairs(argv: list[str]) -> dict[str, str]:
@@ -92,8 +94,9 @@ def check_cli_overrides(argv: list[str] | None = None) -> None:
     """Raise a ``ValueError`` when a ``--key`` given to ``python -m monai.bundle run`` is not an id of the config
     files (a typo such as ``--max_epoch`` would otherwise add an unused id and be silently ignored), or when its
     value is ``true`` / ``false`` / ``null`` / ``none``: the command line passes those on as strings, and the
-    string ``"false"`` counts as true (``--amp false`` would keep mixed precision on); the message gives the
-    spelling that works (``--amp False``).
+    string ``"false"`` counts as true (``--amp false`` would keep mixed precision on); or ``None``, which MONAI drops
+    without a word, so the config keeps its value (``--datalist None`` would still read the datalist). The message
+    gives the spelling that works (``--amp False``, ``--datalist '$None'``: a config expression for null).
 
     Bundle configs call it first in ``initialize``. On that command line it also installs
     :func:`install_cause_last`. Outside it (Python API, tests) it does nothing. A nested id
@@ -119,7 +122,9 @@ def check_cli_overrides(argv: list[str] | None = None) -> None:
     if misspelt:
         hints = "; ".join(f"--{k} {PYTHON_SPELLING[v]} instead of --{k} {v}" for k, v in misspelt.items())
         raise ValueError(f"write {hints}: python -m monai.bundle run reads values as Python literals, so true, false, "
-                         f"null and none stay strings, and a non-empty string such as 'false' counts as true.")
+                         f"null and none stay strings (a non-empty string such as 'false' counts as true), and it "
+                         f"drops an override of None, keeping the config's value; '$None' is a config expression for "
+                         f"null.")
     if unknown:
         hints = "; ".join(
             f"--{k}" + (f" (did you mean --{m[0]}?)" if (m := difflib.get_close_matches(k, known, n=1)) else "")

@@ -5,8 +5,9 @@ A volume is a skull-stripped brain (zero outside): white matter inside grey matt
 tumour made of nested parts: a necrotic core, an enhancing rim around it and edema around both, each an ellipsoid
 with its own size and orientation. Every tissue has its own intensity in each of the four modalities, roughly as in
 real scans, so that no single modality tells the tumour parts apart: edema is bright in FLAIR and T2, the necrotic
-core dark in T1 and T1ce but bright in T2, the enhancing rim bright in T1ce only. Each modality gets its own random
-gain and noise per case (the bundle's z-score normalisation removes the gain).
+core dark in T1 and T1ce but bright in T2, the enhancing rim bright in T1ce only. As in real scans, intensity alone
+is not enough: each modality has a smooth bias field (up to +-25 %), a per-case gain (the bundle's z-score
+normalisation removes it), a fine texture within each tissue and noise, so the classes overlap voxel by voxel.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from .brats import BRATS_LAYOUTS, LABEL_CLASSES, MODALITIES, write_brats2021_datalist
 from .datalist import training_entries, write_decathlon_json
@@ -32,7 +34,9 @@ TISSUES = {
     "necrosis": (500.0, 300.0, 380.0, 800.0),
     "enhancing": (600.0, 500.0, 1000.0, 500.0),
 }
-NOISE = 0.04  # of each modality's white-matter intensity
+NOISE = 0.06  # of each modality's white-matter intensity
+TEXTURE = 0.08  # relative amplitude of the smooth texture within tissues
+BIAS = 0.25  # maximum relative amplitude of the bias field
 #: class index of each tumour part (see custom_components.data.brats.LABEL_CLASSES).
 NCR, ED, ET = 1, 2, 3
 
@@ -76,8 +80,24 @@ def make_synthetic_brain_mri(shape: Sequence[int] = (64, 64, 48), seed: int = 0)
     image = np.zeros((*shape, len(MODALITIES)), dtype=np.float32)
     inside = tissue >= 0
     noise = rng.normal(0.0, NOISE, (int(inside.sum()), len(MODALITIES))).astype(np.float32)
-    image[inside] = (table[tissue[inside]] + noise * table[names.index("white matter")]) * gain
+    image[inside] = table[tissue[inside]] + noise * table[names.index("white matter")]
+    image *= gain * _bias_fields(shape, rng) * (1.0 + TEXTURE * _texture(shape, rng))[..., None]
     return np.clip(image, 1.0, None) * inside[..., None], label
+
+
+def _bias_fields(shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """``[H, W, D, 4]`` smooth multiplicative fields in ``1 +- BIAS``: a 3 x 3 x 3 random grid per modality, cubic
+    interpolated to ``shape``."""
+    coarse = rng.uniform(-1.0, 1.0, (len(MODALITIES), 3, 3, 3))
+    fields = [ndimage.zoom(c, [n / 3 for n in shape], order=3, mode="nearest")[: shape[0], : shape[1], : shape[2]]
+              for c in coarse]
+    return 1.0 + BIAS * np.clip(np.stack(fields, axis=-1), -1.0, 1.0).astype(np.float32)
+
+
+def _texture(shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """``[H, W, D]`` smooth noise with unit standard deviation (gaussian-filtered, sigma 1.5 voxels)."""
+    texture = ndimage.gaussian_filter(rng.normal(size=tuple(shape)), 1.5)
+    return (texture / max(float(texture.std()), 1e-6)).astype(np.float32)
 
 
 def write_brain_mri_dataset(root: Path, args: dict[str, Any]) -> str:
