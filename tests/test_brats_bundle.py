@@ -93,6 +93,24 @@ def test_train_evaluate_infer(trained):
     assert (out / "overlays" / f"{case}_overlay.png").exists()
 
 
+def test_inference_segments_the_way_the_evaluation_scored(trained, tmp_path):
+    """On the validation cases, inference writes the regions the evaluation scored (same preprocessing)."""
+    layout, folder, datalist = trained
+    run_workflow(make_workflow(BUNDLE, ["train.json", "evaluate.json"],
+                               **overrides(folder, datalist, layout, output_dir=str(tmp_path / "runs"))))
+    validation = [e for e in json.load(open(datalist))["training"] if e["fold"] == 0]
+    cases = os.path.join(os.path.dirname(datalist), "validation_cases.json")
+    with open(cases, "w") as f:
+        json.dump({"testing": [{"image": e["image"]} for e in validation]}, f)
+    run_workflow(make_workflow(BUNDLE, ["inference.json"], workflow_type="infer", **inference_overrides(
+        folder, layout, datalist=cases, output_dir=str(tmp_path / "inference"), save_overlays=False)))
+    scored = sorted((tmp_path / "runs" / "eval" / "predictions").glob("*_regions.nii.gz"))
+    assert len(scored) == len(validation)
+    for path in scored:
+        inferred = np.asarray(nib.load(tmp_path / "inference" / path.name).dataobj)
+        assert np.array_equal(np.asarray(nib.load(path).dataobj), inferred), path.name
+
+
 def test_inference_lists_the_cases_of_a_folder(trained, tmp_path):
     """Without a datalist, inference reads every 4D file (MSD) or every case folder (BraTS 2021) of dataset_dir."""
     layout, folder, datalist = trained
