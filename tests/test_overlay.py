@@ -70,6 +70,31 @@ def test_one_hot_input_and_postfix(tmp_path):
     np.testing.assert_array_equal(from_one_hot, np.asarray(Image.open(label_map_dir / "case_0007_seg.png")))
 
 
+def test_region_map_of_a_multichannel_mri_with_named_classes(tmp_path):
+    """BraTS: regions (TC, WT, ET) drawn as the classes they nest, over the chosen channel of a z-scored MRI whose
+    zero background stays black; the legend names the classes and grows to fit them."""
+    regions = [[1, 2], [1, 2, 3], [2]]  # channel 1 (WT) holds everything, channel 2 (ET) class 2 only
+    data = case()
+    classes = data["pred"][0]
+    region_map = torch.stack([torch.isin(classes, torch.tensor(r)) for r in regions]).float()
+    image = torch.zeros(4, H, W, D)
+    image[2, :, :, :] = torch.linspace(-2.0, 2.0, H)[:, None, None]
+    image[2, :4] = 0.0  # background rows
+    names = ["necrotic core", "enhancing"]
+    SaveOverlayd(output_dir=str(tmp_path), num_classes=NUM_CLASSES, regions=regions, class_names=names,
+                 image_channel=2, window=None)({"image": MetaTensor(image, meta={"filename_or_obj": "c.nii"}),
+                                                "pred": region_map})
+    picture = np.asarray(Image.open(tmp_path / "c_overlay.png").convert("RGB")).astype(np.float32)
+    assert picture.shape[1] > expected_size(3)[0]  # the legend widened for the names
+    tile = picture[HEADER : HEADER + W, (H + GAP) : (H + GAP) + H]  # slice 8: both classes
+    tile_labels = np.rot90(classes[:, :, 8].numpy().astype(int))
+    grey = tile[tile_labels == 2] - ALPHA * np.array(PALETTE[1])  # class 2's colour blended over grey
+    np.testing.assert_allclose(grey, np.repeat(grey[:, :1], 3, axis=1), atol=1.5)
+    background = np.rot90(np.broadcast_to(np.arange(H)[:, None] < 4, (H, W)))  # rows 0..3 of the image are zero
+    assert (tile[background & (tile_labels == 0)] == 0).all()
+    assert tile[~background & (tile_labels == 0)].max() > 200  # the window spans the brain's values
+
+
 def test_no_foreground_and_unnamed_cases(tmp_path):
     transform = SaveOverlayd(output_dir=str(tmp_path), num_classes=NUM_CLASSES)
     for _ in range(2):

@@ -130,7 +130,7 @@ class SaveOverlayd(MapTransform):
             [3]]``), drawn as the classes they nest (see ``regions_to_label``); None: ``keys`` holds classes.
         image_channel: the image channel shown in grey (e.g. 0, FLAIR, of a 4-channel MRI).
         window: the intensities shown from black to white; None: the 0.5th to 99.5th percentile of the channel's
-            non-zero voxels (z-scored MRI).
+            non-zero voxels, and zero voxels black (z-scored MRI, whose background is 0).
         allow_missing_keys: skip cases without the segmentation key.
 
     Raises:
@@ -195,11 +195,11 @@ class SaveOverlayd(MapTransform):
             raise ValueError(f"'{self.image_key}' must be [C, H, W, D] with channel {self.image_channel}, got shape "
                              f"{tuple(image.shape)}.")
         shown = convert_to_numpy(image[self.image_channel], dtype=np.float32)
-        if self.window is None:
-            foreground = shown[shown != 0]
-            low, high = np.percentile(foreground, (0.5, 99.5)) if foreground.size else (0.0, 1.0)
-        else:
-            low, high = self.window
+        if self.window is None:  # z-scored MRI: the window from the brain, the zero background black
+            foreground = shown != 0
+            low, high = np.percentile(shown[foreground], (0.5, 99.5)) if foreground.any() else (0.0, 1.0)
+            return np.where(foreground, (shown - low) / max(float(high - low), 1e-6), 0.0)
+        low, high = self.window
         return (shown - low) / max(float(high - low), 1e-6)
 
     def _labels(self, pred: NdarrayOrTensor, key: Hashable, spatial: tuple[int, ...]) -> np.ndarray:
