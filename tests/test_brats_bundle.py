@@ -59,13 +59,14 @@ def trained(request, tmp_path_factory):
 def test_train_evaluate_infer(trained):
     layout, folder, datalist = trained
     state = torch.load(folder / "models" / "model.pt", weights_only=True)
-    assert state["out.conv.conv.weight"].shape[0] == 3 and state["vit.patch_embedding.patch_embeddings.weight"].shape[1] == 4
+    assert state["out.conv.conv.weight"].shape[0] == 3
+    assert state["vit.patch_embedding.patch_embeddings.weight"].shape[1] == 4  # the four modalities
 
     run_workflow(make_workflow(BUNDLE, ["train.json", "evaluate.json"], **overrides(folder, datalist, layout)))
     eval_dir = folder / "runs" / "eval"
+    regions = ["tumour core (TC)", "whole tumour (WT)", "enhancing tumour (ET)"]
     for name in ("val_mean_dice_raw.csv", "val_hd95_raw.csv", "val_nsd_raw.csv"):
-        header = next(csv.reader(open(eval_dir / name)))
-        assert len(header) == 5, header  # filename, TC, WT, ET, mean
+        assert next(csv.reader(open(eval_dir / name))) == ["filename", *regions, "mean"], name
     validation = [e for e in json.load(open(datalist))["training"] if e["fold"] == 0]
     predictions = sorted(os.listdir(eval_dir / "predictions"))
     assert len(predictions) == len(validation) and all(p.endswith("_regions.nii.gz") for p in predictions)

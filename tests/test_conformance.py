@@ -28,8 +28,8 @@ REQUIRED_FILES = [
 #: ids whose values may differ from the reference, per config file: the task (data, classes, spacing, intensity,
 #: label values, crop, schedule) and, in quickstart.json, the synthetic layout and its sizes.
 TASK_IDS = {
-    "train.json": {"dataset_dir", "datalist", "num_classes", "pixdim", "hu_range", "label_mapping", "roi_size",
-                   "max_epochs", "val_interval", "warmup_epochs"},
+    "train.json": {"dataset_dir", "datalist", "num_classes", "class_names", "pixdim", "hu_range", "label_mapping",
+                   "roi_size", "max_epochs", "val_interval", "warmup_epochs"},
     "inference.json": {"dataset_dir", "num_classes", "pixdim", "hu_range", "label_mapping", "roi_size"},
     "quickstart.json": {"datalist", "volume_shape", "pixdim", "roi_size"},
     "evaluate.json": set(),
@@ -61,9 +61,9 @@ EXTRA_IDS = {
     },
 }
 #: ids train.json and inference.json must agree on: the task and the network that inference rebuilds.
-SHARED_IDS = ["num_classes", "in_channels", "modalities", "data_layout", "pixdim", "hu_range", "intensity_normalisation",
-              "label_mapping", "regions", "roi_size", "feature_size", "hidden_size", "mlp_dim", "num_heads",
-              "network_def"]
+SHARED_IDS = ["num_classes", "in_channels", "modalities", "data_layout", "pixdim", "hu_range",
+              "intensity_normalisation", "label_mapping", "regions", "roi_size", "feature_size", "hidden_size",
+              "mlp_dim", "num_heads", "network_def"]
 COPIES = [b for b in segmentation_bundles() if b != REFERENCE_BUNDLE]
 
 
@@ -158,6 +158,9 @@ def test_metadata_is_valid_versioned_and_names_every_channel(bundle):
         assert sorted(pred["channel_def"], key=int) == [str(k) for k in range(train["num_classes"])]
         assert pred["spatial_shape"] == train["roi_size"]
         assert metadata["network_data_format"]["inputs"]["image"]["num_channels"] == train["in_channels"]
+        scored = range(0 if train["validate"]["key_metric"]["val_mean_dice"]["include_background"] else 1,
+                       train["num_classes"])
+        assert train["class_names"] == [pred["channel_def"][str(k)] for k in scored], "class_names: the scored channels"
 
 
 def test_metadata_schema_rejects_an_incomplete_file():

@@ -1,12 +1,13 @@
 """The commands the quickstart prints after fine-tuning run on the model it trained (configs as printed; sizes and
 folders made tiny for the test)."""
 
+import json
 import os
 
 import nibabel as nib
 from bundle_utils import make_workflow, run_workflow
 
-from tools.quickstart import CONFIGS, NEXT_STEPS, next_steps_text
+from tools.quickstart import CONFIGS, NEXT_STEPS, next_steps_text, per_class_text
 
 BUNDLE = "glmae_btcv_segmentation"
 
@@ -18,6 +19,9 @@ def test_printed_next_steps_evaluate_and_segment_with_the_quickstart_model(tmp_p
                 device="cpu")
     run_workflow(make_workflow(BUNDLE, CONFIGS, **tiny))
     assert (tmp_path / "models" / "model.pt").exists()
+    best = json.load(open(tmp_path / "runs" / "best_metric.json"))
+    assert list(best["per_class"])[:2] == ["spleen", "right kidney"] and len(best["per_class"]) == 13
+    assert "  spleen  " in per_class_text(best)
     evaluate, inference = (configs for _, configs in NEXT_STEPS)
     run_workflow(make_workflow(BUNDLE, evaluate, **tiny))
     assert (tmp_path / "runs" / "eval" / "metrics.csv").exists()
@@ -29,3 +33,13 @@ def test_printed_next_steps_evaluate_and_segment_with_the_quickstart_model(tmp_p
     text = next_steps_text(BUNDLE)
     for _, configs in NEXT_STEPS:
         assert "[" + ",".join(f"'configs/{c}'" for c in configs) + "]" in text
+
+
+def test_per_class_lines_flag_missed_and_undefined_classes():
+    text = per_class_text({"per_class": {"liver": 0.91234, "gallbladder": 0.0, "lesion": None}})
+    assert text.splitlines() == [
+        "per class (mean over the validation cases):",
+        "  liver        0.9123",
+        "  gallbladder  0.0000  <- missed: 0 in every validation case",
+        "  lesion       undefined (NaN): absent from every reference, left out",
+    ]

@@ -71,8 +71,11 @@ def test_train_evaluate_infer(trained):
 
     run_workflow(make_workflow(bundle, ["train.json", "evaluate.json"], **overrides(bundle, folder, datalist)))
     eval_dir = folder / "runs" / "eval"
-    header = next(csv.reader(open(eval_dir / "val_mean_dice_raw.csv")))
-    assert len(header) == num_classes + 1  # filename, one column per foreground class, mean
+    class_names = make_workflow(bundle, ["train.json"]).parser.get_parsed_content("class_names")
+    assert len(class_names) == num_classes - 1
+    for name in ("val_mean_dice_raw.csv", "val_hd95_raw.csv", "val_nsd_raw.csv"):
+        assert next(csv.reader(open(eval_dir / name))) == ["filename", *class_names, "mean"], name
+    assert rows[0][f"val_mean_dice[{class_names[0]}]"]  # the training run's validations, per class
     for name in ("val_hd95_raw.csv", "val_nsd_raw.csv", "metrics.csv", "best_metric.json"):
         assert (eval_dir / name).exists(), name
     predictions = sorted(os.listdir(eval_dir / "predictions"))

@@ -73,6 +73,25 @@ def test_three_validations(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_per_class_values_with_names_missed_and_undefined_classes(tmp_path, caplog):
+    """The key metric's per-case details become named per-class means (NaN cases left out); a class at 0 in every
+    case is called missed, one undefined in every case is named as left out."""
+    details = torch.tensor([[0.5, 0.0, math.nan], [0.7, 0.0, math.nan], [math.nan, 0.0, math.nan]])
+    engine = Engine(lambda engine, batch: None)
+    engine.state.epoch = 4
+    engine.state.metrics = {"val_mean_dice": torch.tensor(0.2)}
+    engine.state.metric_details = {"val_mean_dice": details}
+    with caplog.at_level("INFO", logger="custom_components"):
+        ValidationLog(output_dir=str(tmp_path), class_names=["liver", "spleen", "lesion"], plot=False)(engine)
+    row = read_csv(tmp_path / "val_metrics.csv")[0]
+    assert float(row["val_mean_dice[liver]"]) == pytest.approx(0.6) and float(row["val_mean_dice[spleen]"]) == 0.0
+    assert math.isnan(float(row["val_mean_dice[lesion]"]))
+    best = json.loads((tmp_path / "best_metric.json").read_text())
+    assert best["per_class"] == {"liver": pytest.approx(0.6), "spleen": 0.0, "lesion": None}
+    assert "per class: liver 0.600, spleen 0.000, lesion nan; 0 in every case (missed): spleen; undefined (NaN) in " \
+           "every case, left out of the mean: lesion" in caplog.text
+
+
 def test_other_key_metric_nan_and_no_plot(tmp_path):
     train_with_validation(tmp_path, {1: math.nan, 2: 0.3}, key_metric_name="val_hd95", plot=False)
     best = json.loads((tmp_path / "best_metric.json").read_text())

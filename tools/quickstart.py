@@ -75,7 +75,23 @@ def main() -> None:
         best = json.load(f)
     print(f"\nfine-tuning finished; total {time.time() - start:.0f} s")
     print(f"validation mean Dice of the fine-tuned model: {best['val_mean_dice']:.4f} (epoch {best['epoch']})")
+    print(per_class_text(best))
     print(next_steps_text(args.bundle))
+
+
+def per_class_text(best: dict) -> str:
+    """The best validation's Dice of every class, by name, from ``best_metric.json``; classes at 0 are flagged as
+    missed and undefined ones (no such voxel in any reference) as such."""
+    per_class = best.get("per_class")
+    if not per_class:
+        return ""
+    width = max(map(len, per_class))
+    lines = ["per class (mean over the validation cases):"]
+    for name, value in per_class.items():
+        note = "  <- missed: 0 in every validation case" if value == 0 else ""
+        shown = f"{value:.4f}" if value is not None else "undefined (NaN): absent from every reference, left out"
+        lines.append(f"  {name:<{width}}  {shown}{note}")
+    return "\n".join(lines)
 
 
 def next_steps_text(bundle: str) -> str:

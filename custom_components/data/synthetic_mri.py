@@ -66,7 +66,8 @@ def make_synthetic_brain_mri(shape: Sequence[int] = (64, 64, 48), seed: int = 0)
         tissue[ventricle] = names.index("csf")
 
     label = np.zeros(shape, dtype=np.uint8)
-    centre = np.array([rng.choice((-1.0, 1.0)) * rng.uniform(0.25, 0.4), rng.uniform(-0.3, 0.3), rng.uniform(-0.2, 0.2)])
+    side = rng.choice((-1.0, 1.0))
+    centre = np.array([side * rng.uniform(0.25, 0.4), rng.uniform(-0.3, 0.3), rng.uniform(-0.2, 0.2)])
     size = rng.uniform(0.18, 0.25)
     parts = (("edema", ED, 1.8), ("enhancing", ET, 1.0), ("necrosis", NCR, 0.6))  # outermost first
     for name, cls, scale in parts:

@@ -2,6 +2,7 @@ from custom_components.handlers.checkpoint import (
     ModelCheckpointLoader, TrainingCheckpointLoader, TrainingCheckpointSaver, latest_checkpoint,
 )
 from custom_components.handlers.export import EncoderExport
+from custom_components.handlers.metrics_saver import MetricsSaver
 from custom_components.handlers.preview import ReconstructionPreview
 from custom_components.handlers.progress import ProgressBarHandler
 from custom_components.handlers.seeding import SeedEachEpoch
@@ -9,6 +10,6 @@ from custom_components.handlers.training_log import TrainingLog, read_training_l
 from custom_components.handlers.validation_log import ValidationLog
 
 __all__ = [
-    "EncoderExport", "ModelCheckpointLoader", "ProgressBarHandler", "ReconstructionPreview", "SeedEachEpoch", "TrainingCheckpointLoader", "TrainingCheckpointSaver",
+    "EncoderExport", "MetricsSaver", "ModelCheckpointLoader", "ProgressBarHandler", "ReconstructionPreview", "SeedEachEpoch", "TrainingCheckpointLoader", "TrainingCheckpointSaver",
     "TrainingLog", "ValidationLog", "latest_checkpoint", "read_training_log",
 ]

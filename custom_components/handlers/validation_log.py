@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,12 @@ class ValidationLog:
       (NaN values are skipped and written as ``null``);
     - ``val_curve.png`` when ``plot``: the key metric against the epoch, best point marked (see :func:`plot_curve`).
 
+    With ``class_names``, the key metric's per-case details (``engine.state.metric_details``, e.g. MONAI's
+    ``MeanDice``) are also averaged per class over the cases that define them (NaN, e.g. a class absent from the
+    reference, is left out): columns ``<key metric>[<class name>]`` in the CSV, ``per_class`` of
+    the best validation in the JSON, and a log line that names the classes scoring 0 in every case ("missed") and
+    those undefined in every case.
+
     The files are rewritten whole after each validation, atomically (temp file + ``os.replace``), so a reader never
     sees a partial file; the history is that of this handler's run. Attach it to the evaluator, e.g. in a bundle's
     ``validate#handlers``; MONAI's ``ValidationHandler`` runs the evaluator with ``state.epoch`` set to the
@@ -52,6 +59,7 @@ class ValidationLog:
         output_dir: folder of the three files (created when needed).
         key_metric_name: name of the metric in ``engine.state.metrics`` whose maximum is the best validation.
         plot: also draw ``val_curve.png``.
+        class_names: the name of each class (channel) of the key metric's details, in order; None logs the mean only.
 
     Raises:
         ValueError: at a validation whose ``engine.state.metrics`` has no scalar ``key_metric_name``.
@@ -62,13 +70,15 @@ class ValidationLog:
     """
 
     def __init__(
-        self, output_dir: str | os.PathLike, key_metric_name: str = "val_mean_dice", plot: bool = True
+        self, output_dir: str | os.PathLike, key_metric_name: str = "val_mean_dice", plot: bool = True,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         if not key_metric_name:
             raise ValueError("key_metric_name must be a non-empty metric name.")
         self.output_dir = Path(output_dir)
         self.key_metric_name = key_metric_name
         self.plot = plot
+        self.class_names = None if class_names is None else [str(name) for name in class_names]
         self.rows: list[dict[str, float]] = []  # one per validation: "epoch" and the metrics
 
     def attach(self, engine: Engine) -> None:
@@ -85,15 +95,19 @@ class ValidationLog:
                 f"(scalar metrics: {sorted(metrics)})."
             )
         epoch = engine.state.epoch
-        self.rows.append({"epoch": epoch, **metrics})
+        per_class, remarks = self._per_class(engine)
+        self.rows.append({"epoch": epoch, **metrics, **per_class})
         best = self.best_row()
         atomic_write(self.output_dir / CSV_FILE, lambda f: f.write(self._csv().encode()))
         summary = {
             self.key_metric_name: None if best is None else best[self.key_metric_name],
             "epoch": None if best is None else best["epoch"],
-            "last": {name: _finite_or_none(value) for name, value in metrics.items()},
+            "last": {name: _finite_or_none(value) for name, value in {**metrics, **per_class}.items()},
             "history_file": CSV_FILE,
         }
+        if per_class and best is not None:
+            summary["per_class"] = {name: _finite_or_none(best.get(f"{self.key_metric_name}[{name}]", math.nan))
+                                    for name in self.class_names}
         atomic_write(self.output_dir / BEST_FILE, lambda f: f.write((json.dumps(summary, indent=2) + "\n").encode()))
         if self.plot:
             epochs = [row["epoch"] for row in self.rows]
@@ -102,7 +116,26 @@ class ValidationLog:
             plot_curve(epochs, values, title=f"{self.key_metric_name} per validation").save(buffer, format="PNG")
             atomic_write(self.output_dir / PLOT_FILE, lambda f: f.write(buffer.getvalue()))
         best_text = "none yet" if best is None else f"{best[self.key_metric_name]:.4f} at epoch {best['epoch']}"
-        logger.info(f"epoch {epoch}: {self.key_metric_name} {metrics[self.key_metric_name]:.4f} (best {best_text})")
+        logger.info(f"epoch {epoch}: {self.key_metric_name} {metrics[self.key_metric_name]:.4f} (best {best_text})"
+                    + remarks)
+
+    def _per_class(self, engine: Engine) -> tuple[dict[str, float], str]:
+        """The key metric per class (mean over the cases where it is defined) as CSV columns, and the log text."""
+        details = getattr(engine.state, "metric_details", {}).get(self.key_metric_name)
+        if self.class_names is None or details is None:
+            return {}, ""
+        values = torch.as_tensor(details, dtype=torch.float64).reshape(-1, len(self.class_names))
+        defined = ~torch.isnan(values)
+        means = torch.nanmean(values, dim=0).tolist()
+        columns = {f"{self.key_metric_name}[{name}]": mean for name, mean in zip(self.class_names, means)}
+        missed = [name for i, name in enumerate(self.class_names)
+                  if defined[:, i].any() and (values[:, i][defined[:, i]] == 0).all()]
+        undefined = [name for i, name in enumerate(self.class_names) if not defined[:, i].any()]
+        text = "; per class: " + ", ".join(f"{n} {m:.3f}" for n, m in zip(self.class_names, means))
+        text += f"; 0 in every case (missed): {', '.join(missed) or 'none'}"
+        if undefined:
+            text += f"; undefined (NaN) in every case, left out of the mean: {', '.join(undefined)}"
+        return columns, text
 
     def best_row(self) -> dict[str, float] | None:
         """The validation with the largest finite key metric so far (the first one on ties), or None."""

@@ -26,7 +26,8 @@ def _validated(regions: Sequence[Sequence[int]]) -> list[frozenset[int]]:
     sets = []
     for region in regions:
         if isinstance(region, str) or not region or not all(isinstance(c, int) and c > 0 for c in region):
-            raise ValueError(f"each region must be a non-empty list of class indices > 0, got {region!r} in {regions!r}.")
+            raise ValueError(f"each region must be a non-empty list of class indices > 0, got {region!r} in "
+                             f"{regions!r}.")
         sets.append(frozenset(region))
     return sets
 
