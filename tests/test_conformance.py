@@ -30,7 +30,7 @@ REQUIRED_FILES = [
 TASK_IDS = {
     "train.json": {"dataset_dir", "datalist", "num_classes", "class_names", "pixdim", "hu_range", "label_mapping",
                    "roi_size", "max_epochs", "val_interval", "warmup_epochs"},
-    "inference.json": {"dataset_dir", "num_classes", "pixdim", "hu_range", "label_mapping", "roi_size"},
+    "inference.json": {"dataset_dir", "num_classes", "class_names", "pixdim", "hu_range", "label_mapping", "roi_size"},
     "quickstart.json": {"datalist", "volume_shape", "pixdim", "roi_size"},
     "evaluate.json": set(),
     "multi_gpu_train.json": set(),
@@ -61,7 +61,7 @@ EXTRA_IDS = {
     },
 }
 #: ids train.json and inference.json must agree on: the task and the network that inference rebuilds.
-SHARED_IDS = ["num_classes", "in_channels", "modalities", "data_layout", "pixdim", "hu_range",
+SHARED_IDS = ["num_classes", "class_names", "in_channels", "modalities", "data_layout", "pixdim", "hu_range",
               "intensity_normalisation", "label_mapping", "regions", "roi_size", "feature_size", "hidden_size",
               "mlp_dim", "num_heads", "network_def"]
 COPIES = [b for b in segmentation_bundles() if b != REFERENCE_BUNDLE]
