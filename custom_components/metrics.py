@@ -8,6 +8,7 @@ metric handler in a bundle config cannot pass per case. These subclasses read it
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -69,9 +70,16 @@ def voxel_spacing(y_pred: torch.Tensor) -> list[list[float]] | None:
     return spacing.tolist()
 
 
+#: warnings MONAI's surface metrics give per case and class that the bundles' own reports already carry: an empty
+#: prediction or reference (the metric is NaN or infinite there, the per-class logs name missed and undefined
+#: classes), and a deprecated argument MONAI passes to itself (MONAI 1.5-1.6).
+KNOWN_WARNINGS = (r"the (prediction|ground truth) of class \d+ is all 0", r".*get_mask_edges:always_return_as_numpy")
+
+
 class _SpacingFromMeta:
     """Passes ``spacing=voxel_spacing(y_pred)`` to the MONAI metric's ``_compute_tensor`` (an explicit ``spacing``
-    keyword of the call wins); without metadata the spacing is 1 and a warning is logged once per metric."""
+    keyword of the call wins); without metadata the spacing is 1 and a warning is logged once per metric. The
+    :data:`KNOWN_WARNINGS` are not shown."""
 
     _warned_no_meta = False
 
@@ -84,7 +92,10 @@ class _SpacingFromMeta:
                     f"{type(self).__name__}: the prediction has no affine or pixdim metadata; using a voxel spacing "
                     "of 1, so distances are in voxels, not millimetres."
                 )
-        return super()._compute_tensor(y_pred, y, **kwargs)  # type: ignore[misc]
+        with warnings.catch_warnings():
+            for message in KNOWN_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            return super()._compute_tensor(y_pred, y, **kwargs)  # type: ignore[misc]
 
 
 class SpacedHausdorffDistanceMetric(_SpacingFromMeta, HausdorffDistanceMetric):

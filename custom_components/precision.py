@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["native_bf16"]
+__all__ = ["cuda_amp", "native_bf16"]
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -19,3 +19,13 @@ def native_bf16(device: torch.device | str) -> bool:
         except (AttributeError, RuntimeError):  # a private oneDNN query; absent means unknown, so not native
             return False
     return False
+
+
+def cuda_amp(amp: bool, device: torch.device | str) -> bool:
+    """The ``amp`` to give MONAI's trainers and evaluators: ``amp`` on a CUDA device, False elsewhere.
+
+    MONAI's engines autocast with CUDA's fp16 only; on a CPU they would just warn that CUDA is missing (twice, plus
+    two GradScaler warnings) and run in fp32. CPU mixed precision comes from this package's inferers
+    (``CPUAutocastSimpleInferer`` / ``CPUAutocastSlidingWindowInferer``), which take ``amp`` itself.
+    """
+    return bool(amp) and torch.device(device).type == "cuda"

@@ -6,6 +6,7 @@ them on, so every report reads ``class0, class1, ...`` and a person has to look 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,9 +51,12 @@ class MetricsSaver(MonaiMetricsSaver):
                 if values.ndim == 2 and values.shape[1] != len(self.class_names):
                     raise ValueError(f"MetricsSaver: '{name}' has {values.shape[1]} classes per case but class_names "
                                      f"names {len(self.class_names)}: {self.class_names}.")
-        write_metrics_reports(save_dir=self.save_dir, images=images or None, metrics=metrics, metric_details=details,
-                              summary_ops=self.summary_ops, deli=self.deli, output_type=self.output_type,
-                              class_labels=self.class_names)
+        with warnings.catch_warnings():  # numpy on a class that is NaN in every case: the summary says so (notnans)
+            warnings.filterwarnings("ignore", category=RuntimeWarning,
+                                    message="(All-NaN slice|Mean of empty slice|Degrees of freedom)")
+            write_metrics_reports(save_dir=self.save_dir, images=images or None, metrics=metrics,
+                                  metric_details=details, summary_ops=self.summary_ops, deli=self.deli,
+                                  output_type=self.output_type, class_labels=self.class_names)
 
     @staticmethod
     def _selected(name: str, wanted: Sequence[str] | None) -> bool:
