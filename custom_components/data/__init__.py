@@ -1,8 +1,12 @@
 """Datalist readers and writers, and the synthetic CT generator used instead of downloads."""
 
 from .amos import amos_ct_cases
+from .classification import (classification_inference_datalist, load_classification_datalist,
+                             write_classification_datalist)
 from .datalist import inference_datalist, load_datalist, write_datalist_from_folder
 from .synthetic import SYNTHETIC_TASKS, ensure_synthetic_dataset, make_synthetic_ct, write_synthetic_dataset
+from .synthetic_classification import (CCCCII_CLASSES, ensure_synthetic_classification_dataset, make_synthetic_scan,
+                                       write_synthetic_classification_dataset)
 
 __all__ = [
     "SYNTHETIC_TASKS",
@@ -13,4 +17,11 @@ __all__ = [
     "make_synthetic_ct",
     "write_datalist_from_folder",
     "write_synthetic_dataset",
+    "CCCCII_CLASSES",
+    "classification_inference_datalist",
+    "ensure_synthetic_classification_dataset",
+    "load_classification_datalist",
+    "make_synthetic_scan",
+    "write_classification_datalist",
+    "write_synthetic_classification_dataset",
 ]

@@ -1,6 +1,7 @@
 from custom_components.handlers.checkpoint import (
     ModelCheckpointLoader, TrainingCheckpointLoader, TrainingCheckpointSaver, latest_checkpoint,
 )
+from custom_components.handlers.classification import ConfusionMatrixSaver, ProbabilityCSVSaver
 from custom_components.handlers.export import EncoderExport
 from custom_components.handlers.preview import ReconstructionPreview
 from custom_components.handlers.progress import ProgressBarHandler
@@ -11,4 +12,5 @@ from custom_components.handlers.validation_log import ValidationLog
 __all__ = [
     "EncoderExport", "ModelCheckpointLoader", "ProgressBarHandler", "ReconstructionPreview", "SeedEachEpoch", "TrainingCheckpointLoader", "TrainingCheckpointSaver",
     "TrainingLog", "ValidationLog", "latest_checkpoint", "read_training_log",
+    "ConfusionMatrixSaver", "ProbabilityCSVSaver",
 ]

@@ -2,9 +2,10 @@ from custom_components.transforms.checks import CheckImaged, CheckLabeld
 from custom_components.transforms.io import LoadImageWithContext, LoadImageWithContextd
 from custom_components.transforms.labels import RemapLabeld, parse_label_mapping
 from custom_components.transforms.overlay import SaveOverlayd
+from custom_components.transforms.slices import LoadScand, SliceFolderReader
 from custom_components.transforms.views import GlobalLocalViewsd
 
 __all__ = [
     "CheckImaged", "CheckLabeld", "GlobalLocalViewsd", "LoadImageWithContext", "LoadImageWithContextd", "RemapLabeld",
-    "SaveOverlayd", "parse_label_mapping",
+    "LoadScand", "SaveOverlayd", "SliceFolderReader", "parse_label_mapping",
 ]
