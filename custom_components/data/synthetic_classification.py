@@ -8,8 +8,8 @@ the lungs:
 - ``CP`` (common pneumonia): one or two large, dense consolidations in the central part of a lung;
 - ``NCP`` (novel coronavirus pneumonia): 6-12 small, faint ground-glass blobs near the lung periphery.
 
-Global intensity is no shortcut: every scan gets its own brightness offset (+-16 grey levels) and contrast
-(0.9-1.1), and lung sizes vary, which moves the mean intensity of a scan far more than its lesions do. Patients
+Global intensity is no shortcut: every scan's mean grey value is set to a draw from one range (``MEAN_RANGE``)
+whatever its class, its contrast is scaled by 0.9-1.1, and body and lung sizes vary. Patients
 have one or two scans, of different slice counts (so the depth rule of the loader is exercised).
 
 Layout under ``out_dir``: ``ccccii/<class>/<patient>/<scan>/<k>.png`` (``k`` = 0, 1, ... unpadded, read in natural
@@ -40,8 +40,9 @@ logger = logging.getLogger("custom_components")
 #: CC-CCII's classes in class-index order: novel coronavirus pneumonia, common pneumonia, normal.
 CCCCII_CLASSES = ("NCP", "CP", "Normal")
 AIR, TISSUE, LUNG, BONE, VESSEL = 5.0, 170.0, 40.0, 245.0, 150.0
-GROUND_GLASS, CONSOLIDATION = 95.0, 160.0
+GROUND_GLASS, CONSOLIDATION = 110.0, 165.0
 NOISE = 6.0
+MEAN_RANGE = (70.0, 100.0)  # every scan's mean grey value is drawn from this range, whatever its class
 MARKER_FILE = "synthetic_classification_args.json"
 DATALIST_FILE = "dataset.json"
 TREE_DIR, TEST_DIR = "ccccii", "test"
@@ -69,7 +70,8 @@ def make_synthetic_scan(shape: Sequence[int] = (64, 64, 24), label: int = 0, see
     rng = np.random.default_rng(seed)
     y, x, z = np.meshgrid(*(np.linspace(-1, 1, s) for s in shape), indexing="ij")
     image = np.full(shape, AIR, np.float32)
-    image[(y / 0.85) ** 2 + (x / 0.95) ** 2 <= 1] = TISSUE
+    body = rng.uniform(0.85, 1.0)
+    image[(y / (0.85 * body)) ** 2 + (x / (0.95 * body)) ** 2 <= 1] = TISSUE
     image[(y - 0.55) ** 2 + x**2 <= 0.12**2] = BONE  # spine, posterior (high rows)
     lungs = []
     for side in (-1, 1):
@@ -84,12 +86,12 @@ def make_synthetic_scan(shape: Sequence[int] = (64, 64, 24), label: int = 0, see
         tube = ((y - centre[0] - offset[0]) ** 2 + (x - centre[1] - offset[1]) ** 2) <= 0.025**2
         image[tube & (lungs[0][2] <= 1) | tube & (lungs[1][2] <= 1)] = VESSEL
     if label == 0:
-        for _ in range(rng.integers(6, 13)):
-            _paint_blob(image, (y, x, z), lungs[rng.integers(2)], rng, (0.7, 0.9), (0.06, 0.1), GROUND_GLASS)
+        for _ in range(rng.integers(20, 31)):
+            _paint_blob(image, (y, x, z), lungs[rng.integers(2)], rng, (0.55, 0.9), (0.12, 0.18), GROUND_GLASS)
     elif label == 1:
-        for _ in range(rng.integers(1, 3)):
-            _paint_blob(image, (y, x, z), lungs[rng.integers(2)], rng, (0.0, 0.35), (0.22, 0.3), CONSOLIDATION)
-    image = (image - 128.0) * rng.uniform(0.9, 1.1) + 128.0 + rng.uniform(-16, 16)
+        for _ in range(rng.integers(2, 4)):
+            _paint_blob(image, (y, x, z), lungs[rng.integers(2)], rng, (0.0, 0.3), (0.3, 0.38), CONSOLIDATION)
+    image = (image - image.mean()) * rng.uniform(0.9, 1.1) + rng.uniform(*MEAN_RANGE)  # the mean says nothing
     image += rng.normal(0.0, NOISE, shape)
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
@@ -117,7 +119,7 @@ def write_synthetic_classification_dataset(
 ) -> str:
     """Write a synthetic CC-CCII-style dataset (see the module docstring) and its datalist.
 
-    Patient ``i`` has class ``i % 3`` and one scan, or two for every third patient; each scan has
+    Patient ``i`` has class ``i % 3`` and two scans when ``(i // 3)`` is odd, else one; each scan has
     ``D - 4 + (a draw in 0..8)`` slices of ``H x W``. Scans are written as PNG slices; the ``ccccii/`` and ``test/``
     folders of an earlier dataset in ``out_dir`` are replaced.
 
@@ -141,7 +143,7 @@ def write_synthetic_classification_dataset(
     scan_id = 0
     for patient in range(num_patients):
         label = patient % len(CCCCII_CLASSES)
-        for _ in range(2 if patient % 3 == 2 else 1):
+        for _ in range(2 if (patient // 3) % 2 else 1):
             depth = shape[2] - 4 + int(rng.integers(0, 9))
             scan = make_synthetic_scan((shape[0], shape[1], depth), label, seed=seed * 10007 + scan_id)
             _save_slices(scan, root / TREE_DIR / CCCCII_CLASSES[label] / f"{patient + 1000}" / f"{scan_id + 5000}")
