@@ -14,6 +14,7 @@ from PIL import Image
 from custom_components.data import CCCCII_CLASSES, write_synthetic_classification_dataset
 from custom_components.networks import GLMAE
 from custom_components.weights import encoder_state_dict, save_state_dict
+from tools.quickstart import CLASSIFICATION_NEXT_STEPS, CONFIGS, next_steps_text
 
 BUNDLE = "glmae_ccccii_classification"
 SIZES = {"hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "num_heads": 4, "roi_size": [32, 32, 16]}
@@ -156,3 +157,19 @@ def test_distributed_evaluation_gathers_every_scan(trained, dataset):
     assert sum(int(v) for row in matrix[1:] for v in row[1:]) == len(validation_scans(dataset))
     images = [row[0] for row in read_csv(out / "eval" / "predictions.csv")[1:]]
     assert len(images) == len(set(images)) == len(validation_scans(dataset))
+
+
+def test_quickstart_and_its_printed_next_steps_run(tmp_path):
+    """The quickstart overlay writes its synthetic scans and trains; the evaluate and inference commands the
+    quickstart tool prints for this bundle run on the model it trained (sizes made tiny)."""
+    tiny = dict(dataset_dir=str(tmp_path / "data"), num_patients=6, volume_shape=[32, 32, 8], num_folds=2,
+                ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs"), max_epochs=1, val_interval=1,
+                device="cpu") | SIZES
+    run_workflow(make_workflow(BUNDLE, CONFIGS, **tiny))
+    evaluate, inference = (configs for _, configs in CLASSIFICATION_NEXT_STEPS)
+    run_workflow(make_workflow(BUNDLE, evaluate, **tiny))
+    assert (tmp_path / "runs" / "eval" / "confusion_matrix.png").exists()
+    run_workflow(make_workflow(BUNDLE, inference, workflow_type="infer",
+                               **tiny | {"output_dir": str(tmp_path / "inference")}))
+    assert len(read_csv(tmp_path / "inference" / "predictions.csv")) == 1 + 3  # header, the 3 test scans
+    assert "macro AUC" in next_steps_text(BUNDLE) and "'configs/evaluate.json'" in next_steps_text(BUNDLE)
