@@ -255,7 +255,8 @@ def _scans_by_class(root: Path, class_names: Sequence[str]) -> list[tuple[int, s
         if label not in class_dirs:
             raise ValueError(f"dataset folder '{root}' has no folder for class '{class_names[label]}'.")
         found = 0
-        for patient in sorted((p for p in class_dirs[label].iterdir() if p.is_dir()), key=lambda p: natural_key(p.name)):
+        patients = sorted((p for p in class_dirs[label].iterdir() if p.is_dir()), key=lambda p: natural_key(p.name))
+        for patient in patients:
             patient_scans = find_scans(patient)
             if not patient_scans:
                 logger.warning("patient folder '%s' holds no scan; skipped.", patient)
