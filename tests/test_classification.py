@@ -3,6 +3,7 @@ folds by patient, the synthetic scans, the confusion-matrix arithmetic and the p
 
 import csv
 import json
+import os
 from collections import defaultdict
 
 import numpy as np
@@ -153,3 +154,12 @@ def test_probability_csv_has_a_header_and_the_predicted_name(tmp_path):
     saver.save(torch.tensor([0.5, 0.5]), {"filename_or_obj": "/data/b"})
     with pytest.raises(ValueError, match="/data/b: 2 probabilities for 3 classes"):
         saver.finalize()
+
+
+def test_explicit_validation_section_is_read_when_entries_have_no_fold(tree, tmp_path):
+    datalist = write_classification_datalist(tree, tmp_path / "d.json", num_folds=3)
+    entries = json.load(open(datalist))["training"]
+    plain = [{k: v for k, v in e.items() if k != "fold"} for e in entries]
+    (tmp_path / "sections.json").write_text(json.dumps({"training": plain[2:], "validation": plain[:2]}))
+    validation = load_classification_datalist(tmp_path / "sections.json", "validation", fold=0)
+    assert [e["image"] for e in validation] == [os.path.normpath(tmp_path / e["image"]) for e in plain[:2]]

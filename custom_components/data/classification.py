@@ -273,7 +273,9 @@ def _raw_section(path: Path, section: str, fold: int | None) -> tuple[str, list]
     if path.suffix.lower() == ".csv":
         return section, _read_csv(path)
     content = _read_json(path)
-    source = "training" if fold is not None and section in FOLD_SECTIONS and "training" in content else section
+    training = content.get("training")
+    with_folds = isinstance(training, list) and any(isinstance(e, dict) and "fold" in e for e in training)
+    source = "training" if fold is not None and section in FOLD_SECTIONS and with_folds else section
     if source not in content:
         sections = sorted(k for k, v in content.items() if isinstance(v, list))
         raise ValueError(f"datalist '{path}' has no section '{source}'; sections present: {sections}.")

@@ -5,8 +5,8 @@ tissue, two dark lungs, a bright spine and a few bright vessel dots in the lungs
 the lungs:
 
 - ``Normal``: no lesion;
-- ``CP`` (common pneumonia): one or two large, dense consolidations in the central part of a lung;
-- ``NCP`` (novel coronavirus pneumonia): 6-12 small, faint ground-glass blobs near the lung periphery.
+- ``CP`` (common pneumonia): two or three large, dense consolidations in the central part of the lungs;
+- ``NCP`` (novel coronavirus pneumonia): 20-30 smaller, fainter ground-glass blobs towards the lung periphery.
 
 Global intensity is no shortcut: every scan's mean grey value is set to a draw from one range (``MEAN_RANGE``)
 whatever its class, its contrast is scaled by 0.9-1.1, and body and lung sizes vary. Patients
