@@ -21,10 +21,11 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 from monai.data import partition_dataset
-from monai.handlers import CheckpointLoader, LrScheduleHandler, MetricsSaver, ValidationHandler
+from monai.handlers import ClassificationSaver, CheckpointLoader, LrScheduleHandler, MetricsSaver, ValidationHandler
 from monai.utils import set_determinism
 
 from custom_components.config_checks import check_cli_overrides
+from custom_components.handlers.classification import ConfusionMatrixSaver
 from custom_components.handlers.seeding import SeedEachEpoch
 
 __all__ = [
@@ -33,8 +34,10 @@ __all__ = [
 ]
 
 #: Handlers that every rank must run: they step schedules, start validation, load weights or gather across ranks
-#: (``MetricsSaver`` all-gathers the per-case details). The others (logging, saving, previews) run on rank 0.
-EVERY_RANK = (LrScheduleHandler, ValidationHandler, CheckpointLoader, SeedEachEpoch, MetricsSaver)
+#: (``MetricsSaver`` and ``ClassificationSaver`` all-gather the per-case results, ``ConfusionMatrixSaver`` sums the
+#: counts). The others (logging, saving, previews) run on rank 0.
+EVERY_RANK = (LrScheduleHandler, ValidationHandler, CheckpointLoader, SeedEachEpoch, MetricsSaver, ClassificationSaver,
+              ConfusionMatrixSaver)
 
 
 def is_distributed() -> bool:

@@ -60,5 +60,10 @@ def segmentation_bundles() -> list[str]:
     return sorted(names, key=lambda name: name != REFERENCE_BUNDLE)
 
 
+def classification_bundles() -> list[str]:
+    """Every bundle folder that fine-tunes a classifier (``*_classification``)."""
+    return sorted(name for name in os.listdir(BUNDLES) if name.endswith("_classification"))
+
+
 #: the segmentation bundle the others are copies of.
 REFERENCE_BUNDLE = "glmae_btcv_segmentation"

@@ -14,7 +14,7 @@ import tomllib
 
 import jsonschema
 import pytest
-from bundle_utils import BUNDLES, REFERENCE_BUNDLE, segmentation_bundles
+from bundle_utils import BUNDLES, REFERENCE_BUNDLE, classification_bundles, segmentation_bundles
 from conftest import REPO_ROOT
 
 import custom_components
@@ -65,6 +65,10 @@ SHARED_IDS = ["num_classes", "class_names", "in_channels", "modalities", "data_l
               "intensity_normalisation", "label_mapping", "regions", "roi_size", "feature_size", "hidden_size",
               "mlp_dim", "num_heads", "network_def"]
 COPIES = [b for b in segmentation_bundles() if b != REFERENCE_BUNDLE]
+#: ids train.json and inference.json of a classification bundle must agree on.
+CLASSIFICATION_SHARED_IDS = ["class_names", "num_classes", "in_channels", "intensity_range", "intensity_normalisation",
+                             "roi_size", "hidden_size", "mlp_dim", "num_layers", "num_heads", "dropout_rate",
+                             "network_def"]
 
 
 def read_config(bundle: str, name: str) -> dict:
@@ -95,7 +99,7 @@ def all_bundles() -> list[str]:
     return sorted(name for name in os.listdir(BUNDLES) if os.path.isdir(os.path.join(BUNDLES, name)))
 
 
-@pytest.mark.parametrize("bundle", segmentation_bundles())
+@pytest.mark.parametrize("bundle", segmentation_bundles() + classification_bundles())
 def test_required_files(bundle):
     missing = [f for f in REQUIRED_FILES if not os.path.isfile(os.path.join(BUNDLES, bundle, f))]
     assert not missing, f"{bundle} lacks {missing}"
@@ -118,6 +122,30 @@ def test_train_and_inference_agree_on_the_task_and_the_network(bundle):
     train, inference = read_config(bundle, "train.json"), read_config(bundle, "inference.json")
     differ = [k for k in SHARED_IDS if train.get(k, KeyError) != inference.get(k, KeyError)]
     assert not differ, f"{bundle}: train.json and inference.json differ in {differ}"
+
+
+@pytest.mark.parametrize("bundle", classification_bundles())
+def test_classification_train_and_inference_agree(bundle):
+    train, inference = read_config(bundle, "train.json"), read_config(bundle, "inference.json")
+    differ = [k for k in CLASSIFICATION_SHARED_IDS if train.get(k, KeyError) != inference.get(k, KeyError)]
+    assert not differ, f"{bundle}: train.json and inference.json differ in {differ}"
+
+
+@pytest.mark.parametrize("bundle", classification_bundles())
+def test_classification_bundles_keep_the_reference_ids_and_handlers(bundle):
+    """Where a classification bundle means what the segmentation reference means (run ids, schedule, data, size,
+    overlays), it uses the same ids and the same training / validation handler sets."""
+    ours, reference = read_config(bundle, "train.json"), read_config(REFERENCE_BUNDLE, "train.json")
+    shared = ["bundle_root", "ckpt_dir", "output_dir", "dataset_dir", "datalist", "fold", "num_labelled", "device",
+              "seed", "pretrained_encoder", "max_epochs", "val_interval", "warmup_epochs", "batch_size",
+              "learning_rate", "weight_decay", "amp", "num_workers", "cache_rate", "checkpoint_interval", "resume",
+              "roi_size", "hidden_size", "mlp_dim", "num_heads", "network", "initialize", "run"]
+    assert [k for k in shared if k not in ours] == []
+    for section in ("train", "validate"):
+        targets = [[h["_target_"] for h in config[section]["handlers"]] for config in (ours, reference)]
+        assert targets[0] == targets[1], f"{bundle}: {section}#handlers differ from {REFERENCE_BUNDLE}'s"
+    for name in ("multi_gpu_train.json", "multi_gpu_evaluate.json"):
+        assert read_config(bundle, name).keys() == read_config(REFERENCE_BUNDLE, name).keys()
 
 
 def test_handler_sets_are_the_references():
@@ -161,6 +189,12 @@ def test_metadata_is_valid_versioned_and_names_every_channel(bundle):
         scored = range(0 if train["validate"]["key_metric"]["val_mean_dice"]["include_background"] else 1,
                        train["num_classes"])
         assert train["class_names"] == [pred["channel_def"][str(k)] for k in scored], "class_names: the scored channels"
+    if bundle in classification_bundles():
+        train = read_config(bundle, "train.json")
+        pred = metadata["network_data_format"]["outputs"]["pred"]
+        assert pred["type"] == "probabilities" and pred["num_channels"] == len(train["class_names"])
+        assert [pred["channel_def"][str(k)] for k in range(pred["num_channels"])] == train["class_names"]
+        assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == train["roi_size"]
 
 
 def test_metadata_schema_rejects_an_incomplete_file():

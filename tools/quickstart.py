@@ -1,4 +1,5 @@
-"""The quickstart: GL-MAE pre-training, then BTCV-style fine-tuning from the pre-trained encoder, on synthetic data.
+"""The quickstart: GL-MAE pre-training, then fine-tuning from the pre-trained encoder (BTCV segmentation by default,
+or another segmentation bundle, or the CC-CCII classifier), on synthetic data.
 
 Runs each bundle exactly as a user would, with ``python -m monai.bundle run`` in the bundle's folder, using the
 CPU-sized ``quickstart.json`` overlays (a synthetic CT-like dataset is written on the first run). Prints each
@@ -7,6 +8,7 @@ command before running it. Outputs land in each bundle's ``models/`` and ``runs/
     python tools/quickstart.py            # pre-train, then fine-tune and print the validation Dice
     python tools/quickstart.py --skip-finetune
     python tools/quickstart.py --bundle glmae_btcv_segmentation   # the fine-tuning bundle (default)
+    python tools/quickstart.py --bundle glmae_ccccii_classification   # the classifier; prints its validation AUC
 """
 
 from __future__ import annotations
@@ -34,6 +36,21 @@ NEXT_STEPS = (
     ("segment the synthetic test images with it (runs/inference/: NIfTI label maps and overlays)",
      ["inference.json", "quickstart.json"]),
 )
+#: the same for a classification bundle (``*_classification``).
+CLASSIFICATION_NEXT_STEPS = (
+    ("evaluate it on the validation fold (accuracy, macro AUC, confusion matrix CSV and PNG, runs/eval/)",
+     ["train.json", "quickstart.json", "evaluate.json"]),
+    ("classify the synthetic test scans with it (runs/inference/predictions.csv: probabilities, predicted class)",
+     ["inference.json", "quickstart.json"]),
+)
+#: the validation metric a fine-tuning bundle's best_metric.json reports, and its name, per kind of bundle.
+KEY_METRICS = {"segmentation": ("val_mean_dice", "validation mean Dice"),
+               "classification": ("val_auc", "validation macro AUC")}
+
+
+def bundle_kind(bundle: str) -> str:
+    """``"classification"`` for a ``*_classification`` bundle, else ``"segmentation"``."""
+    return "classification" if bundle.endswith("_classification") else "segmentation"
 
 
 def run_quickstart(bundle: str, overrides: dict | None = None) -> None:
@@ -73,8 +90,9 @@ def main() -> None:
     run_quickstart(args.bundle, {"pretrained_encoder": encoder})
     with open(os.path.join(bundle_dir(args.bundle), "runs", "best_metric.json")) as f:
         best = json.load(f)
+    key, name = KEY_METRICS[bundle_kind(args.bundle)]
     print(f"\nfine-tuning finished; total {time.time() - start:.0f} s")
-    print(f"validation mean Dice of the fine-tuned model: {best['val_mean_dice']:.4f} (epoch {best['epoch']})")
+    print(f"{name} of the fine-tuned model: {best[key]:.4f} (epoch {best['epoch']})")
     print(per_class_text(best))
     print(next_steps_text(args.bundle))
 
@@ -97,7 +115,8 @@ def per_class_text(best: dict) -> str:
 def next_steps_text(bundle: str) -> str:
     """The commands, ready to paste in the repository root, that evaluate and apply ``bundle``'s quickstart model."""
     lines = ["\nnext steps with this model (models/model.pt), from the repository root:"]
-    for what, configs in NEXT_STEPS:
+    steps = CLASSIFICATION_NEXT_STEPS if bundle_kind(bundle) == "classification" else NEXT_STEPS
+    for what, configs in steps:
         lines += [f"  # {what}", f"  {display_command(bundle, configs)}"]
     return "\n".join(lines)
 

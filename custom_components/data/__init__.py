@@ -11,8 +11,12 @@ from .brats import (
     brats_label_mapping,
     write_brats2021_datalist,
 )
+from .classification import (classification_inference_datalist, load_classification_datalist,
+                             write_classification_datalist)
 from .datalist import inference_datalist, load_datalist, write_datalist_from_folder
 from .synthetic import SYNTHETIC_TASKS, ensure_synthetic_dataset, make_synthetic_ct, write_synthetic_dataset
+from .synthetic_classification import (CCCCII_CLASSES, ensure_synthetic_classification_dataset, make_synthetic_scan,
+                                       write_synthetic_classification_dataset)
 
 __all__ = [
     "BRATS_LAYOUTS",
@@ -30,4 +34,11 @@ __all__ = [
     "write_brats2021_datalist",
     "write_datalist_from_folder",
     "write_synthetic_dataset",
+    "CCCCII_CLASSES",
+    "classification_inference_datalist",
+    "ensure_synthetic_classification_dataset",
+    "load_classification_datalist",
+    "make_synthetic_scan",
+    "write_classification_datalist",
+    "write_synthetic_classification_dataset",
 ]

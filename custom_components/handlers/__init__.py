@@ -1,6 +1,7 @@
 from custom_components.handlers.checkpoint import (
     ModelCheckpointLoader, TrainingCheckpointLoader, TrainingCheckpointSaver, latest_checkpoint,
 )
+from custom_components.handlers.classification import ConfusionMatrixSaver, ProbabilityCSVSaver
 from custom_components.handlers.export import EncoderExport
 from custom_components.handlers.metrics_saver import MetricsSaver
 from custom_components.handlers.preview import ReconstructionPreview
@@ -12,4 +13,5 @@ from custom_components.handlers.validation_log import ValidationLog
 __all__ = [
     "EncoderExport", "MetricsSaver", "ModelCheckpointLoader", "ProgressBarHandler", "ReconstructionPreview", "SeedEachEpoch", "TrainingCheckpointLoader", "TrainingCheckpointSaver",
     "TrainingLog", "ValidationLog", "latest_checkpoint", "read_training_log",
+    "ConfusionMatrixSaver", "ProbabilityCSVSaver",
 ]

@@ -1,3 +1,4 @@
+from custom_components.networks.classifier import ViTClassifier
 from custom_components.networks.decoder import MAEDecoder
 from custom_components.networks.glmae import CONSISTENCY_FORMS, GLMAE, EMATeacher
 from custom_components.networks.heads import DINOHead, MLPHead
@@ -6,5 +7,5 @@ from custom_components.networks.vit import MaskedViTEncoder, random_masking
 
 __all__ = [
     "CONSISTENCY_FORMS", "DINOHead", "EMATeacher", "GLMAE", "MAEDecoder", "MLPHead", "MaskedViTEncoder",
-    "random_masking", "sincos_position_embedding",
+    "ViTClassifier", "random_masking", "sincos_position_embedding",
 ]

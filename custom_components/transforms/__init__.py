@@ -4,9 +4,11 @@ from custom_components.transforms.labels import RemapLabeld, parse_label_mapping
 from custom_components.transforms.modalities import LoadModalitiesd
 from custom_components.transforms.overlay import SaveOverlayd
 from custom_components.transforms.regions import LabelToRegionsd, RegionsToLabeld
+from custom_components.transforms.slices import LoadScand, SliceFolderReader
 from custom_components.transforms.views import GlobalLocalViewsd
 
 __all__ = [
     "CheckImaged", "CheckLabeld", "GlobalLocalViewsd", "LabelToRegionsd", "LoadImageWithContext",
-    "LoadImageWithContextd", "LoadModalitiesd", "RegionsToLabeld", "RemapLabeld", "SaveOverlayd", "parse_label_mapping",
+    "LoadImageWithContextd", "LoadModalitiesd", "LoadScand", "RegionsToLabeld", "RemapLabeld", "SaveOverlayd",
+    "SliceFolderReader", "parse_label_mapping",
 ]
