@@ -3,7 +3,7 @@
 import logging
 
 import pytest
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from custom_components.handlers.progress import ProgressBarHandler, format_duration
 
@@ -38,3 +38,24 @@ def test_no_bar_when_the_error_stream_is_not_a_terminal(capsys):
 @pytest.mark.parametrize("seconds, text", [(42.3, "42 s"), (75, "1 min 15 s"), (5400, "1 h 30 min"), (-1, "0 s")])
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
+
+
+def test_epoch_metrics_are_logged_without_the_repeated_key_metric_line(caplog):
+    from monai.handlers import StatsHandler
+
+    from custom_components.handlers import log_epoch_metrics
+
+    engine = Engine(lambda engine, batch: None)
+    engine.state.key_metric_name = "train_mean_dice"
+    StatsHandler(iteration_log=False, epoch_print_logger=log_epoch_metrics).attach(engine)
+
+    @engine.on(Events.ITERATION_COMPLETED)
+    def set_metric(engine):
+        engine.state.metrics["train_mean_dice"] = 0.25
+        engine.state.best_metric, engine.state.best_metric_epoch = 0.25, 1
+
+    with caplog.at_level(logging.INFO):
+        engine.run(range(1), max_epochs=2)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "Epoch[2] Metrics -- train_mean_dice: 0.2500" in messages
+    assert not any(m.startswith("Key metric") for m in messages)

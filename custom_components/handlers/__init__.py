@@ -5,13 +5,14 @@ from custom_components.handlers.classification import ConfusionMatrixSaver, Prob
 from custom_components.handlers.export import EncoderExport
 from custom_components.handlers.metrics_saver import MetricsSaver
 from custom_components.handlers.preview import ReconstructionPreview
-from custom_components.handlers.progress import ProgressBarHandler
+from custom_components.handlers.progress import ProgressBarHandler, log_epoch_metrics
 from custom_components.handlers.seeding import SeedEachEpoch
 from custom_components.handlers.training_log import TrainingLog, read_training_log
 from custom_components.handlers.validation_log import ValidationLog
 
 __all__ = [
-    "EncoderExport", "MetricsSaver", "ModelCheckpointLoader", "ProgressBarHandler", "ReconstructionPreview", "SeedEachEpoch", "TrainingCheckpointLoader", "TrainingCheckpointSaver",
-    "TrainingLog", "ValidationLog", "latest_checkpoint", "read_training_log",
-    "ConfusionMatrixSaver", "ProbabilityCSVSaver",
+    "ConfusionMatrixSaver", "EncoderExport", "MetricsSaver", "ModelCheckpointLoader", "ProbabilityCSVSaver",
+    "ProgressBarHandler", "ReconstructionPreview", "SeedEachEpoch", "TrainingCheckpointLoader",
+    "TrainingCheckpointSaver", "TrainingLog", "ValidationLog", "latest_checkpoint", "log_epoch_metrics",
+    "read_training_log",
 ]
