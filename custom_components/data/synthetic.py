@@ -13,7 +13,8 @@ the noise level. Near-identical volumes give a self-distillation objective nothi
 Each fine-tuning task's layout is a few arguments (``SYNTHETIC_TASKS`` lists them per bundle): the class count,
 the raw values the labels hold on disk (``label_values``, e.g. MM-WHS's 205, 420, ... 850), the voxel spacing
 (anisotropic for COVID-19-20), and ``lesions=True`` for small lesion-like structures: 2-5 blobs of ground-glass HU
-(-700..-250) inside the lungs, labelled 1, with the abdominal organs left unlabelled as context.
+(-700..-250) inside the lungs, labelled 1, with the abdominal organs left unlabelled as context. The BraTS bundle's
+layout (``brain_mri=True``) is four-modality brain MRI instead, written by :mod:`.synthetic_mri`.
 """
 
 from __future__ import annotations
