@@ -20,7 +20,7 @@ from custom_components.data import (
 )
 from custom_components.data.synthetic_mri import make_synthetic_brain_mri
 from custom_components.transforms import LabelToRegionsd, LoadModalitiesd, RegionsToLabeld
-from custom_components.transforms.modalities import case_name
+from custom_components.transforms.io import case_name
 from custom_components.transforms.regions import painting_order
 
 BUNDLE = "glmae_brats_segmentation"

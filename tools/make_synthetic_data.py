@@ -18,7 +18,7 @@ try:
 except ImportError:  # run as `python tools/make_synthetic_data.py` from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from custom_components.data import SYNTHETIC_TASKS, write_synthetic_dataset
+from custom_components.data import BRATS_LAYOUTS, SYNTHETIC_TASKS, write_synthetic_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the layout of a segmentation bundle (classes, raw label values, spacing, lesions); "
                         "replaces --num-classes and --spacing; glmae_brats_segmentation writes four-modality "
                         "brain MRI with tumours instead of CT")
-    parser.add_argument("--layout", choices=["msd", "brats2021"], default="msd",
+    parser.add_argument("--layout", choices=sorted(BRATS_LAYOUTS), default="msd",
                         help="with --task glmae_brats_segmentation: MSD Task01 (one 4D file per case) or BraTS 2021 "
                         "(a folder per case, one file per modality)")
     return parser.parse_args(argv)

@@ -19,24 +19,12 @@ from monai.transforms import MapTransform
 from monai.utils import ImageMetaKey
 
 from custom_components.transforms.checks import AFFINE_TOLERANCE
-from custom_components.transforms.io import LoadImageWithContext
+from custom_components.transforms.io import LoadImageWithContext, case_name
 
-__all__ = ["LoadModalitiesd", "case_name"]
+__all__ = ["LoadModalitiesd"]
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 #: the value ``layout`` takes for each form of a case: one 4D file, or a list of files.
 ONE_FILE_LAYOUTS, FILE_PER_MODALITY_LAYOUTS = ("msd",), ("brats2021",)
-
-
-def case_name(paths: str | Sequence[str]) -> str:
-    """The case a file (``BRATS_001.nii.gz`` -> ``BRATS_001``) or a list of modality files
-    (``BraTS2021_00000_flair.nii.gz``, ``..._t1.nii.gz`` -> ``BraTS2021_00000``, their common name prefix, else
-    their folder's name) belongs to."""
-    if isinstance(paths, (str, os.PathLike)):
-        return _stem(os.path.basename(paths))
-    names = [_stem(os.path.basename(p)) for p in paths]
-    prefix = os.path.commonprefix(names).rstrip("_-. ")
-    return prefix or os.path.basename(os.path.dirname(os.path.abspath(paths[0])))
 
 
 class LoadModalitiesd(MapTransform):
@@ -152,10 +140,3 @@ class LoadModalitiesd(MapTransform):
         meta[ImageMetaKey.FILENAME_OR_OBJ] = os.path.join(os.path.dirname(os.path.abspath(paths[0])), case)
         meta["original_channel_dim"] = -1
         return MetaTensor(torch.stack([i.as_tensor() for i in images], dim=-1), meta=meta)
-
-
-def _stem(name: str) -> str:
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return os.path.splitext(name)[0]

@@ -18,6 +18,7 @@ from monai.utils import convert_to_numpy
 from PIL import Image, ImageDraw
 
 from custom_components.transforms.checks import UNKNOWN_FILE, source_file
+from custom_components.transforms.io import case_name
 from custom_components.transforms.regions import regions_to_label
 
 __all__ = ["PALETTE", "SaveOverlayd", "overlay_slices", "render_overlay"]
@@ -38,7 +39,6 @@ LEGEND_ROW = 14  # pixels per legend entry
 LEGEND_WIDTH = 48  # pixels right of the tiles for the legend (wider when class names need it)
 CHAR_WIDTH = 6  # pixels per character of PIL's default font
 MIN_TILE = 192  # pixels: the automatic zoom makes tiles at least this wide
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def overlay_slices(labels: np.ndarray, slices: int) -> list[int]:
@@ -226,8 +226,4 @@ class SaveOverlayd(MapTransform):
         if name == UNKNOWN_FILE:
             name = f"case_{self._unnamed:04d}"
             self._unnamed += 1
-        name = os.path.basename(name)
-        for suffix in NIFTI_SUFFIXES:
-            if name.endswith(suffix):
-                return name[: -len(suffix)]
-        return name
+        return case_name(name)

@@ -76,7 +76,24 @@ def regions_to_label(regions_map: NdarrayOrTensor, regions: Sequence[Sequence[in
     return convert_to_dst_type(label, regions_map, dtype=label.dtype)[0]
 
 
-class LabelToRegionsd(MapTransform):
+class _RegionsTransformd(MapTransform):
+    """Applies ``convert(value, regions)`` to every key; the regions are validated once, here."""
+
+    convert: staticmethod
+
+    def __init__(self, keys: KeysCollection, regions: Sequence[Sequence[int]], allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        painting_order(regions)  # validates
+        self.regions = regions
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.convert(d[key], self.regions)
+        return d
+
+
+class LabelToRegionsd(_RegionsTransformd):
     """Replace class maps ``[1, *spatial]`` by binary region maps ``[R, *spatial]`` (see :func:`label_to_regions`).
 
     Args:
@@ -90,19 +107,10 @@ class LabelToRegionsd(MapTransform):
         LabelToRegionsd("label", regions=[[1, 3], [1, 2, 3], [3]])
     """
 
-    def __init__(self, keys: KeysCollection, regions: Sequence[Sequence[int]], allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        painting_order(regions)  # validates
-        self.regions = regions
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = label_to_regions(d[key], self.regions)
-        return d
+    convert = staticmethod(label_to_regions)
 
 
-class RegionsToLabeld(MapTransform):
+class RegionsToLabeld(_RegionsTransformd):
     """Replace binary region maps ``[R, *spatial]`` by class maps ``[1, *spatial]`` (see :func:`regions_to_label`).
 
     Args:
@@ -111,13 +119,4 @@ class RegionsToLabeld(MapTransform):
         allow_missing_keys: do not raise when a key is missing.
     """
 
-    def __init__(self, keys: KeysCollection, regions: Sequence[Sequence[int]], allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        painting_order(regions)  # validates
-        self.regions = regions
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = regions_to_label(d[key], self.regions)
-        return d
+    convert = staticmethod(regions_to_label)
