@@ -114,7 +114,8 @@ def write_brain_mri_dataset(root: Path, args: dict[str, Any]) -> str:
     raw_value = {index: raw for raw, index in BRATS_LAYOUTS[layout].items()}
     to_raw = np.array([raw_value[c] for c in range(len(LABEL_CLASSES))], dtype=np.uint8)
     affine = _affine(args["shape"], args["spacing"])
-    cases = [make_synthetic_brain_mri(args["shape"], args["seed"] + i) for i in range(num_volumes + args["num_test"])]
+    # made one at a time as they are written, not all held in memory
+    cases = (make_synthetic_brain_mri(args["shape"], args["seed"] + i) for i in range(num_volumes + args["num_test"]))
     if layout == "msd":
         images, labels, testing = [], [], []
         for i, (image, label) in enumerate(cases):
