@@ -123,7 +123,7 @@ def test_downloaded_bundle_runs_with_public_packages_only(published, test_images
     assert Path(origin).resolve() == (target / "custom_components" / "__init__.py").resolve()
 
     run(infer_command(python, test_images, tmp_path / "public"), target)
-    run(infer_command(sys.executable, test_images, tmp_path / "repo") , bundle)  # the same model, this checkout
+    run(infer_command(sys.executable, test_images, tmp_path / "repo"), bundle)  # the same model, this checkout
     public, repo = label_maps(tmp_path / "public"), label_maps(tmp_path / "repo")
     assert public.keys() == repo.keys()
     for name in public:

@@ -173,7 +173,8 @@ def check_weights(bundle: Path) -> None:
 
     if str(REPO_ROOT) not in sys.path:  # the configs import custom_components, from this checkout if not installed
         sys.path.insert(0, str(REPO_ROOT))
-    config = bundle / "configs" / ("inference.json" if (bundle / "configs" / "inference.json").is_file() else "train.json")
+    configs = bundle / "configs"
+    config = configs / ("inference.json" if (configs / "inference.json").is_file() else "train.json")
     parser = ConfigParser()
     parser.read_config(str(config))
     parser["bundle_root"] = str(bundle)
