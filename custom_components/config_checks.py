@@ -10,6 +10,7 @@ import sys
 import types
 
 from monai.bundle import ConfigParser
+from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 
 __all__ = ["check_cli_overrides", "install_cause_last", "project_cause", "RUN_ARGUMENTS"]
 
@@ -112,7 +113,7 @@ def check_cli_overrides(argv: list[str] | None = None) -> None:
         return
     parser = ConfigParser()
     parser.read_config(_as_list(config_files))
-    known = set(parser.get().keys())
+    known = set(parser.get().keys()) | _tracking_ids(pairs.get("tracking"))
     unknown = []
     for key in pairs:
         root = key.replace("::", "#").split("#")[0].lstrip("+")
@@ -132,6 +133,15 @@ def check_cli_overrides(argv: list[str] | None = None) -> None:
         )
         raise ValueError(f"unknown config id(s) on the command line: {hints}. Ids are top-level keys of "
                          f"{config_files}; nested ones are written train#trainer#max_epochs.")
+
+
+def _tracking_ids(tracking: str | None) -> set[str]:
+    """The ids ``--tracking`` adds to the config (``tracking_uri``, ``experiment_name``, ``run_name``, ...): MONAI
+    keeps the value of each one the config or the command line already sets."""
+    if not tracking:
+        return set()
+    settings = DEFAULT_EXP_MGMT_SETTINGS.get(tracking) or ConfigParser.load_config_files(tracking)
+    return set(settings.get("configs", {})) - set(settings.get("handlers_id", {}))
 
 
 def _as_list(config_files: str) -> list[str]:

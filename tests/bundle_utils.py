@@ -54,6 +54,25 @@ def error_chain(exc: BaseException) -> str:
     return "\n".join(parts)
 
 
+def tracked(folder) -> dict:
+    """Overrides that make a run log to MLflow as ``--tracking mlflow`` does, with the executed config written to
+    ``folder/config_executed.json`` (MONAI records it only when ``output_dir`` is an expression or this is given)."""
+    return {"tracking": "mlflow", "save_execute_config": str(folder / "config_executed.json")}
+
+
+def mlflow_run(output_dir) -> tuple[dict, dict[str, list[float]], list[str]]:
+    """The one MLflow run that ``--tracking mlflow`` left in ``output_dir/mlruns.db``: its parameters, the history
+    of every metric and its artifact paths."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{os.path.abspath(output_dir)}/mlruns.db")
+    runs = [run for exp in client.search_experiments() for run in client.search_runs([exp.experiment_id])]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED", [(r.info.run_name, r.info.status) for r in runs]
+    run_id = runs[0].info.run_id
+    history = {key: [m.value for m in client.get_metric_history(run_id, key)] for key in runs[0].data.metrics}
+    return runs[0].data.params, history, [a.path for a in client.list_artifacts(run_id)]
+
+
 def segmentation_bundles() -> list[str]:
     """Every bundle folder that fine-tunes a segmentation network (``*_segmentation``), BTCV first."""
     names = sorted(name for name in os.listdir(BUNDLES) if name.endswith("_segmentation"))

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from bundle_utils import error_chain, make_workflow, run_torchrun, run_workflow
+from bundle_utils import error_chain, make_workflow, mlflow_run, run_torchrun, run_workflow, tracked
 from PIL import Image
 
 from custom_components.data import CCCCII_CLASSES, write_synthetic_classification_dataset
@@ -42,7 +42,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(dataset, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ccccii_run")
-    run_workflow(make_workflow(BUNDLE, ["train.json"], **train_overrides(folder, dataset)))
+    run_workflow(make_workflow(BUNDLE, ["train.json"], **train_overrides(folder, dataset), **tracked(folder)))
     return folder
 
 
@@ -60,6 +60,9 @@ def test_train_keeps_the_best_model_by_validation_macro_auc(trained):
     assert [int(r["epoch"]) for r in rows] == [1, 2] and {"val_auc", "val_accuracy"} <= set(rows[0])
     best = json.load(open(trained / "runs" / "best_metric.json"))
     assert best["val_auc"] == max(float(r["val_auc"]) for r in rows)
+    params, history, artifacts = mlflow_run(trained / "runs")  # --tracking mlflow
+    assert params["max_epochs"] == "2" and artifacts == ["config_executed.json"] and history["train_loss"]
+    assert history["val_auc"] == pytest.approx([float(r["val_auc"]) for r in rows])
     state = torch.load(trained / "models" / "model.pt", weights_only=True)
     assert state["head.weight"].shape == (3, SIZES["hidden_size"])
 

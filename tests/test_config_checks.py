@@ -30,6 +30,15 @@ def test_a_typo_is_an_error_with_a_suggestion(in_pretraining_bundle):
         check_cli_overrides([MAIN, "run", "--config_file", CONFIGS, "--max_epoch", "2"])
 
 
+def test_tracking_ids_are_known_with_tracking_only(in_pretraining_bundle):
+    """``--tracking mlflow`` adds MONAI's tracking ids (tracking_uri, experiment_name, run_name, ...) to the config."""
+    tracking = ["--tracking", "mlflow", "--tracking_uri", "http://127.0.0.1:5000", "--experiment_name", "glmae",
+                "--run_name", "r1", "--save_execute_config", "runs/config.json"]
+    check_cli_overrides([MAIN, "run", "--config_file", CONFIGS, *tracking])
+    with pytest.raises(ValueError, match=r"unknown config id\(s\) on the command line: --tracking_uri"):
+        check_cli_overrides([MAIN, "run", "--config_file", CONFIGS, *tracking[2:]])
+
+
 @pytest.mark.parametrize("value, spelling", [("false", "False"), ("true", "True"), ("null", "'$None'"),
                                              ("None", "'$None'")])
 def test_lowercase_constants_are_an_error_with_the_spelling_that_works(in_pretraining_bundle, value, spelling):

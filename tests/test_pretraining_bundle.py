@@ -1,5 +1,6 @@
 """The pre-training bundle end to end on synthetic data, and its errors on bad inputs."""
 
+import csv
 import glob
 import json
 import logging
@@ -9,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_utils import error_chain, make_workflow, run_torchrun, run_workflow
+from bundle_utils import error_chain, make_workflow, mlflow_run, run_torchrun, run_workflow, tracked
 from ignite.engine import Events
 from monai.data import ThreadDataLoader
 from monai.networks.nets import UNETR
@@ -31,7 +32,7 @@ def tiny_workflow(tmp_path, **override):
 
 
 def test_pretraining_runs_two_epochs_and_writes_outputs(tmp_path):
-    workflow = run_workflow(tiny_workflow(tmp_path))
+    workflow = run_workflow(tiny_workflow(tmp_path, **tracked(tmp_path)))
     models = tmp_path / "models"
     model = torch.load(models / "model.pt", weights_only=True)
     assert "encoder.cls_token" in model and any(k.startswith("decoder.") for k in model)
@@ -46,7 +47,14 @@ def test_pretraining_runs_two_epochs_and_writes_outputs(tmp_path):
     assert sorted(os.listdir(tmp_path / "runs" / "previews")) == ["preview_epoch_0001.png", "preview_epoch_0002.png"]
     assert glob.glob(str(tmp_path / "runs" / "events.out.tfevents.*"))
     trainer = workflow.parser.get_parsed_content("train#trainer")
-    assert np.isfinite(trainer.state.output["loss"]) and trainer.state.output["loss_g2l"] > 0
+    assert np.isfinite(trainer.state.output[0]["loss"]) and trainer.state.output[0]["loss_g2l"] > 0
+    # --tracking mlflow: the loss of every iteration, every term and monitor of train_log.csv per epoch
+    params, history, artifacts = mlflow_run(tmp_path / "runs")
+    assert params == {"max_epochs": "2", "epoch_length": "2"} and artifacts == ["config_executed.json"]
+    assert len(history["train_loss"]) == 4
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "train_log.csv")))
+    for column in ("loss_rec_local", "loss_g2g", "loss_g2l", "teacher_entropy", "teacher_cls_cosine"):
+        assert history[column] == pytest.approx([float(row[column]) for row in rows], rel=1e-4), column
 
 
 def test_default_config_is_the_paper_configuration():
@@ -136,7 +144,7 @@ def test_same_seed_gives_the_same_first_losses(tmp_path):
         workflow = tiny_workflow(folder, dataset_dir=str(tmp_path / "data"), max_epochs=2)
         workflow.initialize()
         trainer, history = workflow.parser.get_parsed_content("train#trainer"), []
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: history.append(dict(e.state.output)))
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: history.append(dict(e.state.output[0])))
         workflow.run()
         return history
 
@@ -146,7 +154,7 @@ def test_same_seed_gives_the_same_first_losses(tmp_path):
     different.initialize()
     trainer = different.parser.get_parsed_content("train#trainer")
     different.run()
-    assert trainer.state.output["loss"] != first[1]["loss"]
+    assert trainer.state.output[0]["loss"] != first[1]["loss"]
 
 
 def test_crops_on_device_overlay_trains_the_same_as_the_default_pipeline(tmp_path):
@@ -162,7 +170,7 @@ def test_crops_on_device_overlay_trains_the_same_as_the_default_pipeline(tmp_pat
         workflow.initialize()
         trainer = workflow.parser.get_parsed_content("train#trainer")
         history = []
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e, h=history: h.append(e.state.output["loss"]))
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e, h=history: h.append(e.state.output[0]["loss"]))
         workflow.run()
         workflow.finalize()
         losses[name] = history

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_utils import error_chain, make_workflow, run_workflow, segmentation_bundles
+from bundle_utils import error_chain, make_workflow, mlflow_run, run_workflow, segmentation_bundles, tracked
 from ignite.engine import Events
 
 from custom_components.data import SYNTHETIC_TASKS, make_synthetic_ct, write_synthetic_dataset
@@ -55,7 +55,7 @@ def trained(request, tmp_path_factory):
     _, shape = roi_and_shape(bundle)
     datalist = write_synthetic_dataset(folder / "data", num_volumes=4, shape=shape, num_folds=2, num_test=1, seed=3,
                                        **SYNTHETIC_TASKS[bundle])
-    run_workflow(make_workflow(bundle, ["train.json"], **overrides(bundle, folder, datalist)))
+    run_workflow(make_workflow(bundle, ["train.json"], **overrides(bundle, folder, datalist), **tracked(folder)))
     return bundle, folder, datalist
 
 
@@ -68,6 +68,11 @@ def test_train_evaluate_infer(trained):
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     best = json.load(open(folder / "runs" / "best_metric.json"))
     assert best["val_mean_dice"] == max(float(r["val_mean_dice"]) for r in rows)
+    # --tracking mlflow: the loss of every iteration, the validation Dice of every epoch, the executed config
+    params, history, artifacts = mlflow_run(folder / "runs")
+    assert params["max_epochs"] == "2" and len(history["train_loss"]) == 2 * 2  # 4 volumes, batch 2
+    assert history["val_mean_dice"] == pytest.approx([float(r["val_mean_dice"]) for r in rows])
+    assert artifacts == ["config_executed.json"]
 
     run_workflow(make_workflow(bundle, ["train.json", "evaluate.json"], **overrides(bundle, folder, datalist)))
     eval_dir = folder / "runs" / "eval"

@@ -37,7 +37,7 @@ def make_trainer(max_epochs, lr=2e-3, amp=False, accumulation_steps=1, consisten
 
 def run_with_history(trainer):
     history = []
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: history.append(e.state.output))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: history.append(e.state.output[0]))
     trainer.run()
     return history
 
@@ -71,7 +71,7 @@ def test_trainer_outputs_every_term_and_updates_teacher():
     trainer, net, teacher = make_trainer(max_epochs=1)
     before = teacher.encoder.blocks[0].attn.qkv.weight.clone()
     trainer.run()
-    out = trainer.state.output
+    out = trainer.state.output[0]
     assert set(out) == {"loss", "loss_rec_local", "loss_rec_global", "loss_g2g", "loss_g2l", "ema_momentum",
                         "teacher_entropy", "log_k", "student_cls_cosine", "teacher_cls_cosine", "learning_rate",
                         "teacher_temp"}
@@ -110,7 +110,7 @@ def test_gradient_accumulation_steps_the_optimizer_every_n_iterations():
 def test_trainer_bf16_autocast_on_cpu_runs():
     trainer, _, _ = make_trainer(max_epochs=1, amp=True)
     trainer.run()
-    assert np.isfinite(trainer.state.output["loss"])
+    assert np.isfinite(trainer.state.output[0]["loss"])
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -135,4 +135,4 @@ def test_ablation_without_teacher_skips_global_views_and_teacher():
     trainer, _, teacher = make_trainer(max_epochs=1, loss_weights={"rec_global": 0, "g2g": 0, "g2l": 0})
     teacher.forward = None  # would raise if called
     trainer.run()
-    assert trainer.state.output["loss"] == pytest.approx(trainer.state.output["loss_rec_local"])
+    assert trainer.state.output[0]["loss"] == pytest.approx(trainer.state.output[0]["loss_rec_local"])

@@ -42,12 +42,13 @@ class GLMAETrainer(SupervisedTrainer):
        ``freeze_last_layer_epochs`` epochs, gradient clipping, optimizer step every ``accumulation_steps``
        iterations, then the EMA update with the cosine momentum schedule.
 
-    ``engine.state.output`` holds ``loss`` and every term (``loss_rec_local``, ``loss_rec_global``, ``loss_g2g``,
-    ``loss_g2l``) as floats, plus the collapse monitors: ``teacher_entropy`` (DINO only) and ``log_k``,
-    ``student_cls_cosine`` and ``teacher_cls_cosine`` (mean cosine between the pooled tokens the heads see, of
-    views of different volumes of the batch; left out with one volume per batch, and the teacher's without a
-    teacher), and the
-    ``learning_rate``, ``ema_momentum`` and ``teacher_temp`` of the step. With one volume per batch,
+    ``engine.state.output`` is a list of one dict, like a decollated ``SupervisedTrainer`` output (MONAI handlers read
+    it with ``from_engine(["loss"], first=True)``, e.g. those of ``--tracking mlflow``). The dict holds ``loss`` and
+    every term (``loss_rec_local``, ``loss_rec_global``, ``loss_g2g``, ``loss_g2l``) as floats, plus the collapse
+    monitors: ``teacher_entropy`` (DINO only) and ``log_k``, ``student_cls_cosine`` and ``teacher_cls_cosine`` (mean
+    cosine between the pooled tokens the heads see, of views of different volumes of the batch; left out with one
+    volume per batch, and the teacher's without a teacher), and the ``learning_rate``, ``ema_momentum`` and
+    ``teacher_temp`` of the step. With one volume per batch,
     ``engine.state.glmae_features`` holds the step's features ``{"student": [1, D], "teacher": [1, D] or None}``
     on the CPU, for monitors that pool over the epoch instead (None otherwise).
 
@@ -172,10 +173,10 @@ class GLMAETrainer(SupervisedTrainer):
                 torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.clip_grad_norm)
             engine.optimizer.step()
             engine.teacher.update(engine.network, momentum)
-        engine.state.output = {
+        engine.state.output = [{
             **terms, "log_k": loss_fn.log_k, "learning_rate": engine.optimizer.param_groups[0]["lr"],
             "teacher_temp": getattr(loss_fn.consistency, "teacher_temp", math.nan), "ema_momentum": momentum,
-        }
+        }]
         return engine.state.output
 
     def _cosines(self, student: dict, teacher_features: torch.Tensor | None, batch_size: int) -> dict[str, torch.Tensor]:

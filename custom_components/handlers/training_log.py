@@ -47,7 +47,9 @@ class TrainingLog:
     teacher columns without a consistency term). ``*_cls_cosine`` is the mean cosine between the embeddings of
     different volumes of a batch; when batches hold one volume it is computed across the epoch's batches instead.
     The same values go to TensorBoard (``epoch/<column>``) when ``tensorboard``, and ``train_curves.png`` draws
-    the reconstruction and consistency terms, the teacher entropy and the cosines against the epoch.
+    the reconstruction and consistency terms, the teacher entropy and the cosines against the epoch. They are also
+    put in ``engine.state.metrics`` (by column name), where handlers attached after this one read them, e.g. the
+    MLflow handler of ``--tracking mlflow``.
 
     Collapse warning: from epoch ``check_after`` on, when for ``patience`` epochs in a row the teacher entropy
     stays within ``entropy_margin`` (2 %) of ``log K`` or the teacher cosine above ``cosine_limit`` (0.99), a
@@ -107,7 +109,7 @@ class TrainingLog:
         self._reset_epoch()
 
     def iteration_completed(self, engine: Engine) -> None:
-        for name, value in engine.state.output.items():
+        for name, value in engine.state.output[0].items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.sums[name] = self.sums.get(name, 0.0) + value
                 self.counts[name] = self.counts.get(name, 0) + 1
@@ -122,6 +124,7 @@ class TrainingLog:
             if column not in self.counts and len(vectors) > 1:
                 row[column] = cross_volume_cosine(torch.cat(vectors)[:, None]).item()
         self.rows.append({name: row[name] for name in COLUMNS if name in row})
+        engine.state.metrics.update({name: value for name, value in self.rows[-1].items() if name != "epoch"})
         self._check_collapse(engine, row)
         if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
             return
