@@ -165,7 +165,7 @@ def test_distributed_evaluation_gathers_every_scan(trained, dataset):
 def test_quickstart_and_its_printed_next_steps_run(tmp_path):
     """The quickstart overlay writes its synthetic scans and trains; the evaluate and inference commands the
     quickstart tool prints for this bundle run on the model it trained (sizes made tiny)."""
-    tiny = dict(dataset_dir=str(tmp_path / "data"), num_patients=6, volume_shape=[32, 32, 8], num_folds=2,
+    tiny = dict(synthetic_data_dir=str(tmp_path / "data"), num_patients=6, volume_shape=[32, 32, 8], num_folds=2,
                 ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs"), max_epochs=1, val_interval=1,
                 device="cpu") | SIZES
     run_workflow(make_workflow(BUNDLE, CONFIGS, **tiny))

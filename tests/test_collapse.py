@@ -60,7 +60,7 @@ def fake_run(tmp_path, outputs_per_epoch, features=None, **kwargs):
         if engine.state.iteration % len(outputs_per_epoch[0]) == 1 or len(outputs_per_epoch[0]) == 1:
             state["epoch"] = iter(next(epochs))
         engine.state.glmae_features = features(engine) if features else None
-        return next(state["epoch"])
+        return [next(state["epoch"])]  # GLMAETrainer's output: a list of one dict
 
     engine = Engine(step)
     log = TrainingLog(tmp_path, **kwargs)
@@ -184,7 +184,7 @@ def test_varied_synthetic_volumes_differ_more_than_the_fine_tuning_layout():
 
 def quickstart_pretraining(tmp_path, **override):
     """The quickstart pre-training preset (train.json + quickstart.json) into ``tmp_path``; its train_log rows."""
-    args = dict(dataset_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs"),
+    args = dict(synthetic_data_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs"),
                 preview_interval=10**6, checkpoint_interval=10**6) | override
     run_workflow(make_workflow("glmae_pretraining", ["train.json", "quickstart.json"], **args))
     return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(open(tmp_path / "runs" / "train_log.csv"))]

@@ -25,7 +25,7 @@ TINY = {"hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "decoder_hidden_size":
 
 
 def tiny_workflow(tmp_path, **override):
-    args = dict(dataset_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"),
+    args = dict(synthetic_data_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"),
                 output_dir=str(tmp_path / "runs"), num_volumes=3, volume_shape=[64, 64, 48], max_epochs=2, batch_size=2,
                 checkpoint_interval=1, preview_interval=1, log_interval=1) | TINY | override
     return make_workflow(BUNDLE, ["train.json", "quickstart.json"], **args)
@@ -131,7 +131,7 @@ def test_2d_image_names_the_file_and_the_shape(tmp_path):
 def test_multi_gpu_overlay_runs_under_torchrun_with_gloo(tmp_path):
     """Two CPU processes (gloo) pre-train one epoch; rank 0 alone writes the weights and previews; the device is a
     string, as ``--device cpu`` gives it."""
-    overrides = dict(dataset_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"),
+    overrides = dict(synthetic_data_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"),
                      output_dir=str(tmp_path / "runs"), num_volumes=4, volume_shape=[64, 64, 48], max_epochs=1,
                      checkpoint_interval=1, preview_interval=1, batch_size=1, device="cpu") | TINY
     run_torchrun(BUNDLE, ["train.json", "quickstart.json", "multi_gpu_train.json"], **overrides)
@@ -141,7 +141,7 @@ def test_multi_gpu_overlay_runs_under_torchrun_with_gloo(tmp_path):
 
 def test_same_seed_gives_the_same_first_losses(tmp_path):
     def losses(folder):
-        workflow = tiny_workflow(folder, dataset_dir=str(tmp_path / "data"), max_epochs=2)
+        workflow = tiny_workflow(folder, synthetic_data_dir=str(tmp_path / "data"), max_epochs=2)
         workflow.initialize()
         trainer, history = workflow.parser.get_parsed_content("train#trainer"), []
         trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: history.append(dict(e.state.output[0])))
@@ -150,7 +150,7 @@ def test_same_seed_gives_the_same_first_losses(tmp_path):
 
     first, second = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert len(first) == 4 and first == second
-    different = tiny_workflow(tmp_path / "c", dataset_dir=str(tmp_path / "data"), max_epochs=1, seed=1)
+    different = tiny_workflow(tmp_path / "c", synthetic_data_dir=str(tmp_path / "data"), max_epochs=1, seed=1)
     different.initialize()
     trainer = different.parser.get_parsed_content("train#trainer")
     different.run()
@@ -163,7 +163,7 @@ def test_crops_on_device_overlay_trains_the_same_as_the_default_pipeline(tmp_pat
     losses = {}
     for name, configs in (("default", ["train.json", "quickstart.json"]),
                           ("on_device", ["train.json", "quickstart.json", "crops_on_device.json"])):
-        args = dict(dataset_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / name / "models"),
+        args = dict(synthetic_data_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / name / "models"),
                     output_dir=str(tmp_path / name / "runs"), num_volumes=3, volume_shape=[64, 64, 48], max_epochs=2,
                     batch_size=2, num_workers=0, preview_interval=10) | TINY
         workflow = make_workflow(BUNDLE, configs, **args)

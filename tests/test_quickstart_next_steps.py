@@ -13,7 +13,7 @@ BUNDLE = "glmae_btcv_segmentation"
 
 
 def test_printed_next_steps_evaluate_and_segment_with_the_quickstart_model(tmp_path):
-    tiny = dict(dataset_dir=str(tmp_path / "data"), num_volumes=4, volume_shape=[48, 48, 32], num_folds=2,
+    tiny = dict(synthetic_data_dir=str(tmp_path / "data"), num_volumes=4, volume_shape=[48, 48, 32], num_folds=2,
                 ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs"), max_epochs=1, val_interval=1,
                 num_samples=1, hidden_size=48, mlp_dim=96, num_heads=4, feature_size=8, sw_batch_size=1,
                 device="cpu")

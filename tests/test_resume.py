@@ -36,15 +36,15 @@ def final_state(folder):
 
 def test_resumed_run_reaches_the_weights_of_an_uninterrupted_run(tmp_path):
     data = str(tmp_path / "data")
-    run_workflow(tiny_workflow(tmp_path / "a", dataset_dir=data, max_epochs=3))
+    run_workflow(tiny_workflow(tmp_path / "a", synthetic_data_dir=data, max_epochs=3))
 
-    interrupted = tiny_workflow(tmp_path / "b", dataset_dir=data, max_epochs=3)
+    interrupted = tiny_workflow(tmp_path / "b", synthetic_data_dir=data, max_epochs=3)
     interrupted.initialize()
     interrupt_after_epoch(interrupted, 2)
     with pytest.raises(Exception) as info:
         interrupted.run()
     assert "stopped after epoch 2" in error_chain(info.value)
-    resumed = run_workflow(tiny_workflow(tmp_path / "b", dataset_dir=data, max_epochs=3, resume=True))
+    resumed = run_workflow(tiny_workflow(tmp_path / "b", synthetic_data_dir=data, max_epochs=3, resume=True))
     assert resumed.parser.get_parsed_content("train#trainer").state.iteration == 6
 
     a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
@@ -82,7 +82,7 @@ def test_resume_from_a_corrupt_checkpoint_names_the_file(tmp_path):
 def test_sigkill_mid_run_then_resume_reaches_the_uninterrupted_weights(tmp_path):
     """Kill -9 a pre-training process while it trains (saving every epoch), resume it, and compare its end with an
     uninterrupted run of the same command."""
-    args = {"dataset_dir": tmp_path / "data", "num_volumes": 3, "volume_shape": "[64,64,48]", "hidden_size": 48,
+    args = {"synthetic_data_dir": tmp_path / "data", "num_volumes": 3, "volume_shape": "[64,64,48]", "hidden_size": 48,
             "mlp_dim": 96, "num_heads": 4, "decoder_hidden_size": 48, "decoder_num_layers": 1, "head_out_dim": 64,
             "head_hidden_dim": 64, "head_bottleneck_dim": 16, "checkpoint_interval": 1, "preview_interval": 100,
             "max_epochs": 12, "batch_size": 2}

@@ -15,7 +15,7 @@ stopped.
 
 ``--bundle NAME`` picks the fine-tuning bundle under ``bundles/`` (default ``glmae_btcv_segmentation``). It is run
 with ``train.json`` plus the preset's overlays and the overrides ``ckpt_dir``, ``output_dir``, ``num_labelled``,
-``seed``, ``pretrained_encoder`` and ``dataset_dir`` (or ``datalist``), and must write ``best_metric.json`` with
+``seed``, ``pretrained_encoder`` and ``synthetic_data_dir`` (or ``datalist``), and must write ``best_metric.json`` with
 ``val_mean_dice`` into ``output_dir``, as the BTCV bundle does.
 
     python tools/label_efficiency.py --preset cpu --out study          # synthetic data, ~30 min on 2 CPU cores
@@ -92,7 +92,7 @@ def pretrain(arm: str, overlays: list[str], preset: dict, args: argparse.Namespa
     if args.pretrain_datalist:
         overrides["datalist"] = args.pretrain_datalist
     else:
-        overrides["dataset_dir"] = os.path.join(args.out, "data", "pretrain")
+        overrides["synthetic_data_dir"] = os.path.join(args.out, "data", "pretrain")
     os.makedirs(folder, exist_ok=True)
     run_bundle(PRETRAINING_BUNDLE, ["train.json", *configs, *overlays], overrides, os.path.join(folder, "log.txt"))
     open(os.path.join(folder, "done"), "w").close()
@@ -111,7 +111,7 @@ def finetune(arm: str, encoder: str | None, budget: int, seed: int, preset: dict
     if args.finetune_datalist:
         overrides["datalist"] = args.finetune_datalist
     else:
-        overrides["dataset_dir"] = os.path.join(args.out, "data", "finetune")
+        overrides["synthetic_data_dir"] = os.path.join(args.out, "data", "finetune")
     os.makedirs(folder, exist_ok=True)
     run_bundle(args.bundle, ["train.json", *configs], overrides, os.path.join(folder, "log.txt"))
     with open(os.path.join(folder, "best_metric.json")) as f:

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             overrides |= {"max_epochs": args.max_epochs} if args.max_epochs else {}
             overrides |= {"device": args.device} if args.device else {}
             overrides |= ({"datalist": args.datalist} if args.datalist else
-                          {"dataset_dir": os.path.join(os.path.abspath(args.out), "data")})
+                          {"synthetic_data_dir": os.path.join(os.path.abspath(args.out), "data")})
             os.makedirs(folder, exist_ok=True)
             run_bundle("glmae_pretraining", ["train.json", *overlays], overrides, os.path.join(folder, "log.txt"))
             open(os.path.join(folder, "done"), "w").close()
