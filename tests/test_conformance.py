@@ -178,7 +178,6 @@ def test_metadata_is_valid_versioned_and_names_every_channel(bundle):
         project_version = tomllib.load(f)["project"]["version"]
     assert metadata["version"] == project_version == custom_components.__version__
     assert metadata["version"] in metadata["changelog"], f"{bundle}: no changelog entry for {metadata['version']}"
-    assert metadata["required_packages_version"]["glmae-custom-components"] == project_version
     if bundle in segmentation_bundles():
         train = read_config(bundle, "train.json")
         pred = metadata["network_data_format"]["outputs"]["pred"]
