@@ -54,6 +54,11 @@ def error_chain(exc: BaseException) -> str:
     return "\n".join(parts)
 
 
+def all_bundles() -> list[str]:
+    """Every bundle folder, sorted by name."""
+    return sorted(name for name in os.listdir(BUNDLES) if os.path.isdir(os.path.join(BUNDLES, name)))
+
+
 def segmentation_bundles() -> list[str]:
     """Every bundle folder that fine-tunes a segmentation network (``*_segmentation``), BTCV first."""
     names = sorted(name for name in os.listdir(BUNDLES) if name.endswith("_segmentation"))
