@@ -308,7 +308,7 @@ class NetworkSetup:
         torch.manual_seed(0)
         self.network = parser.get_parsed_content(NET_ID, instantiate=True)
         if bundle.ckpt:
-            self.ckpt, self.weights = bundle.ckpt, os.path.relpath(bundle.ckpt, bundle.folder)
+            self.ckpt, self.weights = bundle.ckpt, bundle.ckpt
         elif os.path.isfile(bundle.path("models/model.pt")):
             self.ckpt, self.weights = bundle.path("models/model.pt"), "models/model.pt"
         else:
