@@ -54,6 +54,11 @@ def error_chain(exc: BaseException) -> str:
     return "\n".join(parts)
 
 
+def all_bundles() -> list[str]:
+    """Every bundle folder, sorted by name."""
+    return sorted(name for name in os.listdir(BUNDLES) if os.path.isdir(os.path.join(BUNDLES, name)))
+
+
 def tracked(folder) -> dict:
     """Overrides that make a run log to MLflow as ``--tracking mlflow`` does, with the executed config written to
     ``folder/config_executed.json`` (MONAI records it only when ``output_dir`` is an expression or this is given)."""

@@ -1,5 +1,6 @@
 """Every segmentation bundle is the BTCV reference with only its task ids changed, and every bundle's metadata is
-valid, versioned and described.
+versioned like the project and describes every channel (tests/test_verify_bundles.py runs the model-zoo checks:
+schema, changelog, pins, JSON format, properties, exports).
 
 A new segmentation bundle is a copy of ``glmae_btcv_segmentation`` whose configs differ only in the ids listed in
 ``TASK_IDS`` (and ``EXTRA_IDS`` for a bundle that needs more, with the reason; an entry ``a#b`` allows the
@@ -12,14 +13,12 @@ import os
 import re
 import tomllib
 
-import jsonschema
 import pytest
-from bundle_utils import BUNDLES, REFERENCE_BUNDLE, classification_bundles, segmentation_bundles
+from bundle_utils import BUNDLES, REFERENCE_BUNDLE, all_bundles, classification_bundles, segmentation_bundles
 from conftest import REPO_ROOT
 
 import custom_components
 
-SCHEMA = os.path.join(REPO_ROOT, "tools", "schemas", "meta_schema_20240725.json")
 REQUIRED_FILES = [
     "LICENSE", "configs/metadata.json", "configs/logging.conf", "configs/train.json", "configs/evaluate.json",
     "configs/inference.json", "configs/multi_gpu_train.json", "configs/multi_gpu_evaluate.json",
@@ -95,10 +94,6 @@ def differing_paths(a, b, prefix: str) -> list[str]:
     return [] if a == b else [prefix]
 
 
-def all_bundles() -> list[str]:
-    return sorted(name for name in os.listdir(BUNDLES) if os.path.isdir(os.path.join(BUNDLES, name)))
-
-
 @pytest.mark.parametrize("bundle", segmentation_bundles() + classification_bundles())
 def test_required_files(bundle):
     missing = [f for f in REQUIRED_FILES if not os.path.isfile(os.path.join(BUNDLES, bundle, f))]
@@ -169,16 +164,12 @@ def test_overlays_use_no_index_based_overrides(bundle):
 
 
 @pytest.mark.parametrize("bundle", all_bundles())
-def test_metadata_is_valid_versioned_and_names_every_channel(bundle):
+def test_metadata_is_versioned_and_names_every_channel(bundle):
     with open(os.path.join(BUNDLES, bundle, "configs", "metadata.json")) as f:
         metadata = json.load(f)
-    with open(SCHEMA) as f:
-        jsonschema.validate(metadata, json.load(f))
     with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
         project_version = tomllib.load(f)["project"]["version"]
     assert metadata["version"] == project_version == custom_components.__version__
-    assert metadata["version"] in metadata["changelog"], f"{bundle}: no changelog entry for {metadata['version']}"
-    assert "glmae-custom-components" not in metadata["required_packages_version"], "archives vendor the package"
     if bundle in segmentation_bundles():
         train = read_config(bundle, "train.json")
         pred = metadata["network_data_format"]["outputs"]["pred"]
@@ -196,11 +187,3 @@ def test_metadata_is_valid_versioned_and_names_every_channel(bundle):
         assert [pred["channel_def"][str(k)] for k in range(pred["num_channels"])] == train["class_names"]
         assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == train["roi_size"]
 
-
-def test_metadata_schema_rejects_an_incomplete_file():
-    """The vendored schema is a real check: metadata without its task fails."""
-    with open(os.path.join(BUNDLES, REFERENCE_BUNDLE, "configs", "metadata.json")) as f:
-        metadata = json.load(f)
-    del metadata["task"]
-    with open(SCHEMA) as f, pytest.raises(jsonschema.ValidationError, match="'task' is a required property"):
-        jsonschema.validate(metadata, json.load(f))
