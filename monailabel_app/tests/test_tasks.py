@@ -71,7 +71,7 @@ def test_labels_are_the_values_of_the_label_map(app, bundles):
     assert list(btcv.items())[:2] == [("spleen", 1), ("right kidney", 2)] and len(btcv) == 13
     mmwhs = app.GLMAEBundleInferTask(bundles[MMWHS], {}).labels  # the dataset's own values (label_mapping)
     assert list(mmwhs.values()) == [205, 420, 500, 550, 600, 820, 850]
-    assert list(mmwhs)[0] == "left ventricle myocardium"
+    assert next(iter(mmwhs)) == "left ventricle myocardium"
     brats = app.GLMAEBundleInferTask(bundles[BRATS], {}).labels  # label classes in the MSD layout's values
     assert brats == {LABEL_CLASSES[1]: 2, LABEL_CLASSES[2]: 1, LABEL_CLASSES[3]: 3}
 
@@ -108,7 +108,7 @@ def test_a_bundle_gets_served_once_its_weights_exist(app, tmp_path):
     assert list(ml.info()["models"]) == [] and list(ml.info()["trainers"]) == [BTCV]
     with pytest.raises(MONAILabelException, match=f"bundle '{BTCV}' has no trained weights: {weights} does not"):
         ml.infer({"model": BTCV, "image": "x"})
-    with pytest.raises(MONAILabelException, match=f"model 'spleen' is not served by this app; served: none"):
+    with pytest.raises(MONAILabelException, match="model 'spleen' is not served by this app; served: none"):
         ml.infer({"model": "spleen", "image": "x"})
     shutil.move(tmp_path / "model.pt", weights)
     assert list(ml.info()["models"]) == [BTCV]
@@ -117,8 +117,8 @@ def test_a_bundle_gets_served_once_its_weights_exist(app, tmp_path):
 @pytest.mark.parametrize("conf, message", [
     ({"bundles_dir": "{tmp}/nothing"}, "bundles_dir '{tmp}/nothing' is not a folder"),
     ({"bundles_dir": "{tmp}"}, "bundles_dir '{tmp}' holds no segmentation or classification bundle"),
-    ({"models": "glmae_btcv"}, f"bundle 'glmae_btcv' \\(--conf models\\) is not a folder of {BUNDLES}; available: "
-                               f"{', '.join(sorted(CLASSIFICATION + SEGMENTATION))}"),
+    ({"models": "glmae_btcv"}, (f"bundle 'glmae_btcv' \\(--conf models\\) is not a folder of {BUNDLES}; available: "
+                                f"{', '.join(sorted(CLASSIFICATION + SEGMENTATION))}")),
     ({"models": "glmae_pretraining"}, "bundle 'glmae_pretraining' cannot be served: only segmentation and"),
 ])
 def test_bad_conf_is_named(app, tmp_path, conf, message):
