@@ -2,7 +2,7 @@
 
 Every segmentation bundle (``*_segmentation``) is an auto-segmentation model that can also be trained on the
 labels saved in the datastore; the classification bundle (``*_classification``) returns class probabilities.
-Start it from the repository root (``docs``: the README's "MONAI Label" section)::
+Start it from the repository root, in the environment the README's "MONAI Label" section installs::
 
     monailabel start_server --app monailabel_app --studies /path/to/images --host 127.0.0.1 --port 8000
 

@@ -9,6 +9,8 @@ from monailabel.tasks.train.bundle import BundleTrainTask
 __all__ = ["GLMAEBundleTrainTask"]
 
 #: writes the final weights as models/model.pt when a run has no validation case to pick the best epoch by.
+#: Appended after the bundle's StatsHandler, whose exception handler re-raises first: a failed run leaves the served
+#: weights as they were.
 FINAL_WEIGHTS_SAVER = {
     "_target_": "custom_components.handlers.TrainingCheckpointSaver", "save_trainer": False,
     "save_dir": "@ckpt_dir", "save_dict": {"model": "@network"}, "save_final": True, "final_filename": "model.pt",
