@@ -133,6 +133,10 @@ def test_check_failures_name_the_file_and_the_problem(tmp_path):
     edit_json(folder, "metadata.json", lambda m: m.pop("task"))
     with pytest.raises(ValueError, match="configs/metadata.json: 'task' is a required property"):
         vb.check_schema(bundle)
+    altered = tmp_path / vb.SCHEMA.split(os.sep)[-1]  # the published schema with one byte changed
+    altered.write_bytes(open(vb.SCHEMA, "rb").read().replace(b"bundle was", b"bundlewas"))
+    with pytest.raises(ValueError, match=f"is not the published schema \\(md5 {vb.SCHEMA_MD5}\\)"):
+        vb.check_schema(bundle, schema=str(altered))
     edit_json(folder, "metadata.json", lambda m: m.update(schema="https://example.org/meta_schema_20220324.json"))
     with pytest.raises(ValueError, match="names the schema 'https://example.org/meta_schema_20220324.json'"):
         vb.check_schema(bundle)

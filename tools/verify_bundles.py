@@ -61,6 +61,7 @@ if REPO_ROOT not in sys.path:  # run as `python tools/verify_bundles.py` from a 
 from ignite.engine import Engine  # noqa: E402
 from monai.bundle import (ConfigParser, ConfigWorkflow, ckpt_export, onnx_export, verify_metadata,  # noqa: E402
                           verify_net_in_out)
+from monai.apps.utils import check_hash  # noqa: E402
 from monai.bundle.properties import BundleProperty, BundlePropertyConfig  # noqa: E402
 
 from custom_components.handlers import ModelCheckpointLoader  # noqa: E402
@@ -68,6 +69,8 @@ from tools.bundle_run import BUNDLES  # noqa: E402
 
 #: the copy of the metadata schema the bundles name (``"schema"`` in metadata.json ends with its file name).
 SCHEMA = os.path.join(REPO_ROOT, "tools", "schemas", "meta_schema_20240725.json")
+#: md5 of the published schema file (the value MONAI's own tests pin); the copy must be that file.
+SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"
 REQUIREMENTS = os.path.join(REPO_ROOT, "requirements.txt")
 #: files every bundle has (the model zoo's required and preferred files, less the weights, which git does not hold).
 REQUIRED_FILES = ("LICENSE", "configs/metadata.json", "configs/inference.json", "docs/README.md",
@@ -173,8 +176,11 @@ def check_schema(bundle: Bundle, schema: str = SCHEMA) -> str:
                          f"{os.path.relpath(schema, REPO_ROOT)}")
     if not os.path.isfile(schema):  # verify_metadata would try to download it
         raise FileNotFoundError(f"schema copy not found: {schema}")
+    published = os.path.basename(schema) == os.path.basename(SCHEMA)
+    if published and not check_hash(schema, SCHEMA_MD5, "md5"):  # verify_metadata would download it again
+        raise ValueError(f"{schema} is not the published schema (md5 {SCHEMA_MD5})")
     try:
-        verify_metadata(meta_file=bundle.meta_file, filepath=schema)
+        verify_metadata(meta_file=bundle.meta_file, filepath=schema, hash_val=SCHEMA_MD5 if published else None)
     except ValueError as e:
         raise ValueError(f"configs/metadata.json: {e}") from None
     return os.path.basename(schema)
