@@ -59,6 +59,16 @@ def all_bundles() -> list[str]:
     return sorted(name for name in os.listdir(BUNDLES) if os.path.isdir(os.path.join(BUNDLES, name)))
 
 
+def run_error(workflow: ConfigWorkflow) -> str:
+    """Initialise and run ``workflow``, which must fail; every message of the error and its causes."""
+    workflow.initialize()
+    try:
+        workflow.run()
+    except Exception as error:  # noqa: BLE001 (the messages are what the caller checks)
+        return error_chain(error)
+    raise AssertionError("the run did not fail")
+
+
 def tracked(folder) -> dict:
     """Overrides that make a run log to MLflow as ``--tracking mlflow`` does, with the executed config written to
     ``folder/config_executed.json`` (MONAI records it only when ``output_dir`` is an expression or this is given)."""

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_utils import error_chain, make_workflow, run_workflow
+from bundle_utils import make_workflow, run_error, run_workflow
 
 from custom_components.data import (
     BRATS_LAYOUTS,
@@ -151,11 +151,8 @@ def test_a_three_channel_4d_file_stops_training_with_the_case(tmp_path):
     image = nib.load(path)
     nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[..., :3], image.affine), path)
     workflow = make_workflow(BUNDLE, ["train.json"], **overrides(tmp_path, datalist, "msd", max_epochs=1))
-    workflow.initialize()
-    with pytest.raises(Exception) as info:
-        workflow.run()
-    assert "case 'BRATS_001'" in error_chain(info.value) and "expected a 4D image with 4 modalities" in error_chain(
-        info.value)
+    chain = run_error(workflow)
+    assert "case 'BRATS_001'" in chain and "expected a 4D image with 4 modalities" in chain
 
 
 def test_a_case_of_the_other_layout_is_named():
@@ -180,11 +177,8 @@ def test_label_values_of_the_other_layout_are_named(tmp_path):
     with open(msd, "w") as f:
         json.dump({"training": entries}, f)
     workflow = make_workflow(BUNDLE, ["train.json"], **overrides(tmp_path, msd, "msd", max_epochs=1))
-    workflow.initialize()
-    with pytest.raises(Exception) as info:
-        workflow.run()
-    assert "BraTS2021_0000" in error_chain(info.value) and "values the label mapping does not list: 4" in error_chain(
-        info.value)
+    chain = run_error(workflow)
+    assert "BraTS2021_0000" in chain and "values the label mapping does not list: 4" in chain
 
 
 # ---------------------------------------------------------------- regions and helpers

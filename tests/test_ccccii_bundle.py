@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from bundle_utils import error_chain, make_workflow, mlflow_run, run_torchrun, run_workflow, tracked
+from bundle_utils import make_workflow, mlflow_run, run_error, run_torchrun, run_workflow, tracked
 from PIL import Image
 
 from custom_components.data import CCCCII_CLASSES, write_synthetic_classification_dataset
@@ -143,10 +143,7 @@ def test_a_bad_training_entry_is_an_error_naming_it(tmp_path, dataset, change, n
     datalist = tmp_path / "cases.json"
     datalist.write_text(json.dumps({"training": entries, "validation": entries[:1]}))
     workflow = make_workflow(BUNDLE, ["train.json"], **train_overrides(tmp_path, datalist, fold=None, max_epochs=1))
-    workflow.initialize()
-    with pytest.raises(Exception) as info:
-        workflow.run()
-    chain = error_chain(info.value)
+    chain = run_error(workflow)
     assert all(text in chain for text in named), chain[-2000:]
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from bundle_utils import BUNDLES, error_chain, run_workflow
+from bundle_utils import BUNDLES, error_chain, run_error, run_workflow
 from conftest import REPO_ROOT
 from ignite.engine import Events
 from test_pretraining_bundle import tiny_workflow
@@ -60,11 +60,8 @@ def test_resumed_run_reaches_the_weights_of_an_uninterrupted_run(tmp_path):
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
-    workflow = tiny_workflow(tmp_path, resume=True)
-    workflow.initialize()
-    with pytest.raises(Exception) as info:
-        workflow.run()
-    assert "no checkpoint to resume from" in error_chain(info.value) and str(tmp_path / "models") in error_chain(info.value)
+    chain = run_error(tiny_workflow(tmp_path, resume=True))
+    assert "no checkpoint to resume from" in chain and str(tmp_path / "models") in chain
 
 
 def test_resume_from_a_corrupt_checkpoint_names_the_file(tmp_path):
@@ -72,11 +69,8 @@ def test_resume_from_a_corrupt_checkpoint_names_the_file(tmp_path):
     path = glob.glob(str(tmp_path / "models" / "checkpoint_*.pt"))[0]
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 3])
-    workflow = tiny_workflow(tmp_path, max_epochs=2, resume=True)
-    workflow.initialize()
-    with pytest.raises(Exception) as info:
-        workflow.run()
-    assert "cannot resume from checkpoint" in error_chain(info.value) and os.path.basename(path) in error_chain(info.value)
+    chain = run_error(tiny_workflow(tmp_path, max_epochs=2, resume=True))
+    assert "cannot resume from checkpoint" in chain and os.path.basename(path) in chain
 
 
 def test_sigkill_mid_run_then_resume_reaches_the_uninterrupted_weights(tmp_path):

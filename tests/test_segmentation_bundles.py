@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_utils import error_chain, make_workflow, mlflow_run, run_workflow, segmentation_bundles, tracked
+from bundle_utils import make_workflow, mlflow_run, run_error, run_workflow, segmentation_bundles, tracked
 from ignite.engine import Events
 
 from custom_components.data import SYNTHETIC_TASKS, make_synthetic_ct, write_synthetic_dataset
@@ -188,10 +188,7 @@ def test_mmwhs_unknown_raw_value_names_the_file_and_the_value(mmwhs_data, tmp_pa
     entry = {"image": os.path.join(root, case["image"]), "label": str(bad)}
     cases.write_text(json.dumps({"training": [entry], "validation": [entry]}))
     workflow = make_workflow(bundle, ["train.json"], **overrides(bundle, tmp_path, str(cases), max_epochs=1))
-    workflow.initialize()
-    with pytest.raises(Exception) as info:
-        workflow.run()
-    chain = error_chain(info.value)
+    chain = run_error(workflow)
     assert "bad_label.nii.gz" in chain and "300" in chain and "label mapping" in chain
 
 
