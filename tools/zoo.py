@@ -168,29 +168,25 @@ def check_weights(bundle: Path) -> None:
     weights = bundle / "models" / "model.pt"
     if not weights.is_file():
         return
-    import torch
+    from ignite.engine import Engine
     from monai.bundle import ConfigParser
 
     if str(REPO_ROOT) not in sys.path:  # the configs import custom_components, from this checkout if not installed
         sys.path.insert(0, str(REPO_ROOT))
+    from custom_components.handlers import ModelCheckpointLoader
+
     configs = bundle / "configs"
     config = configs / ("inference.json" if (configs / "inference.json").is_file() else "train.json")
     parser = ConfigParser()
     parser.read_config(str(config))
     parser["bundle_root"] = str(bundle)
     network = parser.get_parsed_content("network_def")
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    state = state.get("model", state)
-    wanted = network.state_dict()
-    differ = [f"{k} {list(v.shape)} vs {list(wanted[k].shape)}" for k, v in state.items()
-              if k in wanted and v.shape != wanted[k].shape]
-    missing, unexpected = sorted(wanted.keys() - state.keys()), sorted(state.keys() - wanted.keys())
-    if differ or missing or unexpected:
-        detail = (f"{len(differ)} tensors differ in shape (file vs network), e.g. {'; '.join(differ[:2])}" if differ
-                  else f"{len(missing)} keys missing, {len(unexpected)} unexpected, e.g. {(missing or unexpected)[:2]}")
-        raise ZooError(f"{weights} does not fit the network configs/{config.name} builds: {detail}. Publish the "
-                       "configs the model was trained with (set the size ids in the bundle's configs), or pass "
-                       "--no_weights to publish the configs alone")
+    loader = ModelCheckpointLoader(load_path=str(weights), load_dict={"model": network}, map_location="cpu")
+    try:  # the bundles' own loader: its error names the mismatching tensors and the size ids the file was trained with
+        loader(Engine(lambda engine, batch: None))
+    except ValueError as e:
+        raise ZooError(f"{weights} does not fit the network configs/{config.name} builds: {e} To publish: set those "
+                       "size ids in the bundle's configs, or pass --no_weights to publish the configs alone") from None
 
 
 def check_doc_links(bundle: Path) -> None:
