@@ -5,14 +5,14 @@ import os
 
 from conftest import REPO_ROOT
 
+from tools.verify_bundles import read_pins
+
 #: packages pinned differently in the MONAI Label environment: torchvision needs torch 2.14.1 there.
 OWN_PINS = {"torch", "torchvision"}
 
 
 def pins(name: str) -> dict[str, str]:
-    with open(os.path.join(REPO_ROOT, name)) as f:
-        lines = [line.split("#")[0].strip() for line in f]
-    return dict(line.split("==") for line in lines if line)
+    return read_pins(os.path.join(REPO_ROOT, name))
 
 
 def test_monailabel_environment_keeps_the_main_pins():

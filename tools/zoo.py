@@ -211,8 +211,9 @@ def write_zip(archive: Path, entries: dict[str, Path]) -> None:
                 shutil.copyfileobj(src, dst, 1 << 20)
 
 
-def publish_bundle(bundle: Path, zoo: Path, base_url: str, max_file_mb: float, force: bool, weights: bool) -> dict:
-    """Export one bundle folder into the zoo folder; return its index entry."""
+def publish_bundle(bundle: Path, zoo: Path, index: dict, base_url: str, max_file_mb: float, force: bool,
+                   weights: bool) -> dict:
+    """Export one bundle folder into the zoo folder; return its entry for ``index`` (the zoo's index so far)."""
     bundle = bundle.resolve()
     meta = read_metadata(bundle)
     name, version = bundle.name, str(meta["version"])
@@ -236,7 +237,6 @@ def publish_bundle(bundle: Path, zoo: Path, base_url: str, max_file_mb: float, f
         staged = Path(tmp, archive.name)
         write_zip(staged, entries)
         checksum = sha256_of(staged)
-        index = read_index_file(zoo / INDEX_NAME) if (zoo / INDEX_NAME).is_file() else {}
         if stem in index and index[stem]["checksum"] != checksum and not force:
             raise ZooError(f"{zoo / INDEX_NAME}: {stem} is already published with other content; bump 'version' "
                            f"(and the changelog) in {bundle}/configs/metadata.json, or pass --force to replace it")
@@ -258,13 +258,11 @@ def publish(bundles: list[Path], zoo: Path, base_url: str | None = None, max_fil
         check_doc_links(bundle.resolve())
         if weights:
             check_weights(bundle.resolve())
-    entries = {}
-    for bundle in bundles:
-        entry = publish_bundle(bundle, zoo, base_url, max_file_mb, force, weights)
-        entries[f"{entry['name']}_v{entry['version']}"] = entry
     index_file = zoo / INDEX_NAME
     index = read_index_file(index_file) if index_file.is_file() else {}
-    index.update(entries)
+    for bundle in bundles:
+        entry = publish_bundle(bundle, zoo, index, base_url, max_file_mb, force, weights)
+        index[f"{entry['name']}_v{entry['version']}"] = entry
     index_file.write_text(json.dumps(dict(sorted(index.items())), indent=4) + "\n")
     print(f"{index_file}: {len(index)} archive(s)")
     return index_file
