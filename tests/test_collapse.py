@@ -40,6 +40,57 @@ def test_teacher_entropy_is_log_k_for_a_uniform_teacher_and_low_for_a_peaked_one
     assert loss.teacher_entropy(peaked).item() < 0.01
 
 
+def test_teacher_monitors_tell_a_live_teacher_from_both_collapse_modes():
+    """Per-sample entropy alone misses the one-mode collapse; the marginal minus it (mutual information) is ~0 in
+    both modes and ~log(number of inputs) when every input has its own sharp prototype."""
+    loss = DINOConsistencyLoss(16, teacher_temp=0.04)
+
+    def information(teacher):
+        m = loss.teacher_monitors(teacher)
+        marginal = m["teacher_marginal"]
+        return -(marginal * marginal.log().clamp_min(-1e30)).sum().item() - m["teacher_entropy"].item(), m
+
+    live = torch.eye(16)[:8]  # 8 inputs, each on its own prototype
+    one_mode = torch.eye(16)[[3] * 8]  # every input on prototype 3
+    uniform = torch.zeros(8, 16)
+    mi_live, m_live = information(live)
+    mi_one, m_one = information(one_mode)
+    mi_uniform, m_uniform = information(uniform)
+    assert mi_live == pytest.approx(math.log(8), abs=0.01) and m_live["teacher_entropy"] < 0.01
+    assert mi_one == pytest.approx(0.0, abs=1e-4) and m_one["teacher_entropy"] < 0.01  # looks healthy per sample
+    assert mi_uniform == pytest.approx(0.0, abs=1e-5) and m_uniform["teacher_entropy"] == pytest.approx(math.log(16))
+    assert m_uniform["teacher_logit_spread"] == 0 and m_live["teacher_logit_spread"] > 1
+    # the spread is in units of tau_t: entropy ~ log K - spread^2 / 2 for small spreads
+    small = torch.randn(64, 16) * 0.01
+    m_small = loss.teacher_monitors(small)
+    assert m_small["teacher_entropy"].item() == pytest.approx(
+        math.log(16) - m_small["teacher_logit_spread"].item() ** 2 / 2, abs=0.01)
+
+
+def test_glmae_loss_reports_kl_per_branch_as_cross_entropy_minus_teacher_entropy():
+    torch.manual_seed(0)
+    loss = GLMAELoss(head_out_dim=8, loss_weights={"rec_local": 0, "rec_global": 0, "g2l": 0})
+    teacher = torch.randn(2, 8)  # 2 volumes x 1 global view
+    # a student whose distribution equals the teacher's: KL 0, cross-entropy = teacher entropy
+    student = {"global_embedding": teacher * loss.consistency.student_temp / loss.consistency.teacher_temp}
+    out = loss(student, teacher, None, None, batch_size=2)
+    assert out["kl_g2g"].item() == pytest.approx(0.0, abs=1e-5) and "kl_g2l" not in out
+    assert out["loss_g2g"].item() == pytest.approx(out["teacher_entropy"].item(), abs=1e-5)
+    out = loss({"global_embedding": torch.randn(2, 8)}, teacher, None, None, batch_size=2)
+    assert out["kl_g2g"].item() > 0.1 and out["teacher_marginal"].shape == (8,)
+
+
+def test_centred_cosine_separates_volumes_that_the_raw_cosine_calls_identical():
+    torch.manual_seed(0)
+    common = torch.full((16,), 10.0)
+    per_volume = torch.randn(4, 1, 16)
+    features = common + per_volume + 0.01 * torch.randn(4, 2, 16)  # 4 volumes x 2 views, views of a volume agree
+    assert cross_volume_cosine(features) > 0.95
+    assert cross_volume_cosine(features, centred=True) == pytest.approx(-1 / 3, abs=0.02)  # the floor -1/(B-1)
+    no_volume_information = common + torch.randn(4, 2, 16)
+    assert cross_volume_cosine(no_volume_information, centred=True) > -0.25  # about -1/(Bn-1) = -0.14
+
+
 def test_teacher_temperature_warms_up_linearly():
     loss = DINOConsistencyLoss(8, teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=3)
     temps = []
@@ -51,8 +102,9 @@ def test_teacher_temperature_warms_up_linearly():
         DINOConsistencyLoss(8, warmup_teacher_temp=0.0)
 
 
-def fake_run(tmp_path, outputs_per_epoch, features=None, **kwargs):
-    """An Ignite engine that replays ``outputs_per_epoch`` (a list of lists of output dicts) through TrainingLog."""
+def fake_run(tmp_path, outputs_per_epoch, features=None, marginal=None, **kwargs):
+    """An Ignite engine that replays ``outputs_per_epoch`` (a list of lists of output dicts) through TrainingLog;
+    ``features`` and ``marginal`` give ``state.glmae_features`` and ``state.teacher_marginal`` of each iteration."""
     epochs = iter(outputs_per_epoch)
     state = {}
 
@@ -60,6 +112,7 @@ def fake_run(tmp_path, outputs_per_epoch, features=None, **kwargs):
         if engine.state.iteration % len(outputs_per_epoch[0]) == 1 or len(outputs_per_epoch[0]) == 1:
             state["epoch"] = iter(next(epochs))
         engine.state.glmae_features = features(engine) if features else None
+        engine.state.teacher_marginal = marginal(engine) if marginal else None
         return [next(state["epoch"])]  # GLMAETrainer's output: a list of one dict
 
     engine = Engine(step)
@@ -69,10 +122,11 @@ def fake_run(tmp_path, outputs_per_epoch, features=None, **kwargs):
     return engine, list(csv.DictReader(open(tmp_path / "train_log.csv")))
 
 
-def output(entropy, cosine, g2g=1.0):
+def output(entropy, cosine, g2g=1.0, spread=3.0):
     return {"loss": 2.0, "loss_rec_local": 0.1, "loss_rec_global": 0.1, "loss_g2g": g2g, "loss_g2l": g2g,
-            "teacher_entropy": entropy, "log_k": math.log(64), "student_cls_cosine": cosine,
-            "teacher_cls_cosine": cosine, "learning_rate": 3e-4, "ema_momentum": 0.99, "teacher_temp": 0.04}
+            "teacher_entropy": entropy, "teacher_logit_spread": spread, "kl_g2g": g2g - entropy, "kl_g2l": g2g - entropy,
+            "log_k": math.log(64), "student_cls_cosine": cosine, "teacher_cls_cosine": cosine,
+            "learning_rate": 3e-4, "ema_momentum": 0.99, "teacher_temp": 0.04}
 
 
 def test_training_log_writes_epoch_means_and_warns_on_collapse(tmp_path, caplog):
@@ -82,7 +136,9 @@ def test_training_log_writes_epoch_means_and_warns_on_collapse(tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="custom_components"):
         engine, rows = fake_run(tmp_path, live + collapsed, patience=3, check_after=1, tensorboard=False)
     assert list(rows[0]) == ["epoch", "loss", "loss_rec_local", "loss_rec_global", "loss_g2g", "loss_g2l",
-                             "teacher_entropy", "log_k", "student_cls_cosine", "teacher_cls_cosine", "learning_rate",
+                             "teacher_entropy", "teacher_marginal_entropy", "teacher_mutual_information", "kl_g2g",
+                             "kl_g2l", "teacher_logit_spread", "log_k", "student_cls_cosine", "teacher_cls_cosine",
+                             "student_cls_cosine_centred", "teacher_cls_cosine_centred", "learning_rate",
                              "ema_momentum", "teacher_temp"]
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
     assert float(rows[0]["teacher_entropy"]) == pytest.approx(1.5) and float(rows[0]["student_cls_cosine"]) == \
@@ -91,10 +147,37 @@ def test_training_log_writes_epoch_means_and_warns_on_collapse(tmp_path, caplog)
     assert (tmp_path / "train_curves.png").stat().st_size > 0
 
 
+def per_iteration_marginals(*vectors):
+    """``state.teacher_marginal`` of iteration i: ``vectors[(i - 1) % len(vectors)]``."""
+    return lambda engine: vectors[(engine.state.iteration - 1) % len(vectors)]
+
+
 def test_training_log_stays_quiet_on_a_live_run(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="custom_components"):
-        engine, _ = fake_run(tmp_path, [[output(1.0, 0.1)]] * 6, patience=2, tensorboard=False)
+    live = per_iteration_marginals(*torch.eye(64)[:2])  # two inputs, two prototypes: 1 bit of information
+    with caplog.at_level(logging.INFO, logger="custom_components"):
+        engine, rows = fake_run(tmp_path, [[output(0.0, 0.1), output(0.0, 0.1)]] * 6, marginal=live, patience=2,
+                                tensorboard=False)
     assert "collapsed" not in caplog.text and engine.state.consistency == "ok"
+    assert float(rows[0]["teacher_mutual_information"]) == pytest.approx(math.log(2), abs=1e-4)
+    assert "step 0: teacher logit spread 3.00 tau_t" in caplog.text and "go." in caplog.text
+
+
+def test_training_log_warns_on_the_one_mode_collapse_that_per_sample_entropy_misses(tmp_path, caplog):
+    """Every input on the same prototype: per-sample entropy 0 (far from log K, the old check passed), raw cosine
+    0.1, but the marginal is the same sharp distribution, so the mutual information is 0."""
+    one_mode = per_iteration_marginals(torch.eye(64)[5])
+    with caplog.at_level(logging.WARNING, logger="custom_components"):
+        engine, rows = fake_run(tmp_path, [[output(0.0, 0.1)] * 2] * 4, marginal=one_mode, patience=3,
+                                tensorboard=False)
+    assert float(rows[-1]["teacher_mutual_information"]) == pytest.approx(0.0, abs=1e-6)
+    assert "one mode: the teacher puts every input on the same few prototypes" in caplog.text
+    assert engine.state.consistency == "COLLAPSED?"
+
+
+def test_training_log_says_no_go_when_the_teacher_starts_near_uniform(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="custom_components"):
+        fake_run(tmp_path, [[output(4.12, 0.1, spread=0.28)]], tensorboard=False)
+    assert "step 0: teacher logit spread 0.28 tau_t (teacher entropy 4.120 of log K 4.159): NO-GO" in caplog.text
 
 
 def test_training_log_pools_the_cosine_over_the_epoch_with_one_volume_per_batch(tmp_path):
@@ -190,20 +273,44 @@ def quickstart_pretraining(tmp_path, **override):
     return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(open(tmp_path / "runs" / "train_log.csv"))]
 
 
-def test_quickstart_pretraining_ends_with_a_live_consistency_branch(tmp_path):
-    """The quickstart preset (16 varied volumes, 150 epochs, about 80 s on 2 CPU cores) must end with both
-    consistency terms and the teacher entropy well below log K and distinct embeddings for distinct volumes. With
-    the earlier settings (learning rate 3.1e-3, PyTorch-default init, EMA 0.996, no frozen last layer, near-identical
-    volumes at batch 2) the same run ends at log K with cosine 0.9999, and this test fails."""
-    rows = quickstart_pretraining(tmp_path)
+def assert_consistency_branch_alive(rows):
+    """What a live branch looks like at the end of the quickstart preset (means over its last 10 epochs): the
+    teacher's output says something about its input in the way neither collapse can fake (mutual information,
+    ~0 in both modes), it is sharp, both consistency terms are well below their trivial value, distinct volumes get
+    distinct embeddings, and reconstruction learns."""
     tail = rows[-10:]
 
     def mean(name):
         return float(np.mean([r[name] for r in tail]))
 
     log_k = rows[-1]["log_k"]
-    assert len(rows) == 150
-    assert mean("teacher_entropy") < 0.6 * log_k, mean("teacher_entropy")
+    assert mean("teacher_mutual_information") > 0.3, f"mutual information {mean('teacher_mutual_information'):.3f}"
+    assert mean("teacher_entropy") < 0.6 * log_k, f"teacher entropy {mean('teacher_entropy'):.3f} of {log_k:.3f}"
     assert mean("loss_g2g") < 0.6 * log_k and mean("loss_g2l") < 0.7 * log_k, (mean("loss_g2g"), mean("loss_g2l"))
     assert mean("teacher_cls_cosine") < 0.9 and mean("student_cls_cosine") < 0.9
     assert mean("loss_rec_local") < 0.5 * rows[0]["loss_rec_local"]
+
+
+def test_quickstart_pretraining_ends_with_a_live_consistency_branch(tmp_path):
+    """The quickstart preset (16 varied volumes, 150 epochs, about 80 s on 2 CPU cores) must end with a live branch.
+    With the earlier settings (learning rate 3.1e-3, PyTorch-default init, EMA 0.996, no frozen last layer,
+    near-identical volumes at batch 2) the same run ends at log K with cosine 0.9999, and this test fails."""
+    rows = quickstart_pretraining(tmp_path)
+    assert len(rows) == 150
+    assert_consistency_branch_alive(rows)
+
+
+#: the quickstart preset with one change that collapses the branch; the same assertions must then fail
+COLLAPSING = {
+    "near-identical volumes": {"datalist": "$custom_components.data.ensure_synthetic_dataset(@synthetic_data_dir, "
+                               "num_volumes=@num_volumes, shape=@volume_shape, labelled=False, num_folds=1, num_test=0)"},
+    "teacher at the student's temperature": {"teacher_temp": 0.1, "warmup_teacher_temp": 0.1},
+}
+
+
+@pytest.mark.parametrize("change", list(COLLAPSING))
+def test_the_live_branch_assertions_fail_on_a_collapsed_run(tmp_path, change):
+    """Negative controls: the assertions that pass the quickstart must catch a run that collapses."""
+    rows = quickstart_pretraining(tmp_path, **COLLAPSING[change])
+    with pytest.raises(AssertionError, match="mutual information"):
+        assert_consistency_branch_alive(rows)

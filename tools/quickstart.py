@@ -64,9 +64,12 @@ def consistency_report(train_log: str) -> str:
     """The last epoch's consistency terms and collapse monitors from a pre-training ``train_log.csv``."""
     value = read_training_log(train_log)[-1]
     log_k = value.get("log_k", float("nan"))
-    alive = value.get("teacher_entropy", log_k) < 0.9 * log_k and value.get("teacher_cls_cosine", 1.0) < 0.95
+    information = value.get("teacher_mutual_information", float("nan"))  # none for BYOL
+    alive = (value.get("teacher_entropy", log_k) < 0.9 * log_k and value.get("teacher_cls_cosine", 1.0) < 0.95
+             and not information < 0.1)
     return (f"consistency branch at epoch {value['epoch']}: g2g {value['loss_g2g']:.3f}, g2l {value['loss_g2l']:.3f}, "
             f"teacher entropy {value.get('teacher_entropy', float('nan')):.3f} (trivial value log K = {log_k:.3f}), "
+            f"mutual information between volume and prototype {information:.3f} nats (0 when collapsed), "
             f"teacher embedding cosine across volumes {value.get('teacher_cls_cosine', float('nan')):.3f} "
             f"-> {'alive' if alive else 'COLLAPSED (see the pre-training README, Collapse)'}\n"
             f"reconstruction: local {value['loss_rec_local']:.4f}, global {value['loss_rec_global']:.4f} (MSE); "

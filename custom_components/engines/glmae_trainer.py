@@ -45,10 +45,13 @@ class GLMAETrainer(SupervisedTrainer):
     ``engine.state.output`` is a list of one dict, like a decollated ``SupervisedTrainer`` output (MONAI handlers read
     it with ``from_engine(["loss"], first=True)``, e.g. those of ``--tracking mlflow``). The dict holds ``loss`` and
     every term (``loss_rec_local``, ``loss_rec_global``, ``loss_g2g``, ``loss_g2l``) as floats, plus the collapse
-    monitors: ``teacher_entropy`` (DINO only) and ``log_k``, ``student_cls_cosine`` and ``teacher_cls_cosine`` (mean
-    cosine between the pooled tokens the heads see, of views of different volumes of the batch; left out with one
-    volume per batch, and the teacher's without a teacher), and the ``learning_rate``, ``ema_momentum`` and
-    ``teacher_temp`` of the step. With one volume per batch,
+    monitors: ``teacher_entropy``, ``teacher_logit_spread``, ``kl_g2g``, ``kl_g2l`` (DINO only, see ``GLMAELoss``) and
+    ``log_k``, ``student_cls_cosine`` and ``teacher_cls_cosine`` (mean cosine between the pooled tokens the heads
+    see, of views of different volumes of the batch; left out with one volume per batch, and the teacher's without a
+    teacher) and the same on features centred by the batch mean (``*_cls_cosine_centred``), and the
+    ``learning_rate``, ``ema_momentum`` and ``teacher_temp`` of the step. ``engine.state.teacher_marginal`` holds
+    the step's mean teacher distribution ``[K]`` on the device (DINO only, else None), for the epoch-pooled
+    marginal entropy. With one volume per batch,
     ``engine.state.glmae_features`` holds the step's features ``{"student": [1, D], "teacher": [1, D] or None}``
     on the CPU, for monitors that pool over the epoch instead (None otherwise).
 
@@ -152,6 +155,7 @@ class GLMAETrainer(SupervisedTrainer):
             teacher_features, teacher = (engine.teacher(global_views, return_features=True) if loss_fn.needs("teacher")
                                          else (None, None))
             losses = loss_fn(student, teacher, global_views, local_views, batch_size)
+        engine.state.teacher_marginal = losses.pop("teacher_marginal", None)
         values = {**losses, **engine._cosines(student, teacher_features, batch_size)}
         # one device-to-host transfer for the finiteness check, the logged terms and the monitors
         terms = dict(zip(values, torch.stack([v.detach().float() for v in values.values()]).tolist()))
@@ -189,4 +193,5 @@ class GLMAETrainer(SupervisedTrainer):
                                      if batch_size == 1 else None)
         if batch_size == 1:
             return {}
-        return {f"{k}_cls_cosine": cross_volume_cosine(v) for k, v in grouped.items() if v is not None}
+        return {f"{k}_cls_cosine{suffix}": cross_volume_cosine(v, centred) for k, v in grouped.items() if v is not None
+                for suffix, centred in (("", False), ("_centred", True))}

@@ -29,32 +29,47 @@ logger = logging.getLogger("custom_components")
 
 CSV_FILE, PLOT_FILE = "train_log.csv", "train_curves.png"
 COLUMNS = (
-    "epoch", "loss", "loss_rec_local", "loss_rec_global", "loss_g2g", "loss_g2l", "teacher_entropy", "log_k",
-    "student_cls_cosine", "teacher_cls_cosine", "learning_rate", "ema_momentum", "teacher_temp",
+    "epoch", "loss", "loss_rec_local", "loss_rec_global", "loss_g2g", "loss_g2l", "teacher_entropy",
+    "teacher_marginal_entropy", "teacher_mutual_information", "kl_g2g", "kl_g2l", "teacher_logit_spread", "log_k",
+    "student_cls_cosine", "teacher_cls_cosine", "student_cls_cosine_centred", "teacher_cls_cosine_centred",
+    "learning_rate", "ema_momentum", "teacher_temp",
 )  # fmt: skip
 PANELS = (  # title, columns, with a log K line
     ("masked reconstruction (MSE)", ("loss_rec_local", "loss_rec_global"), False),
     ("consistency (DINO cross-entropy)", ("loss_g2g", "loss_g2l"), True),
-    ("teacher entropy", ("teacher_entropy",), True),
-    ("embedding cosine across volumes", ("student_cls_cosine", "teacher_cls_cosine"), False),
+    ("teacher entropy: per sample, epoch marginal, their difference",
+     ("teacher_entropy", "teacher_marginal_entropy", "teacher_mutual_information"), True),
+    ("embedding cosine across volumes (raw, centred)",
+     ("student_cls_cosine", "teacher_cls_cosine", "student_cls_cosine_centred", "teacher_cls_cosine_centred"), False),
 )
+GO_SPREAD = 1.0  # step-0 teacher logit spread (units of tau_t) below which the branch starts at its uniform fixed point
 
 
 class TrainingLog:
     """Write one row per epoch of means over its iterations to ``output_dir/train_log.csv``.
 
-    Columns: ``COLUMNS`` (empty where a value does not apply: ``teacher_entropy`` and ``log_k`` for BYOL, the
+    Columns: ``COLUMNS`` (empty where a value does not apply: the DINO monitors and ``log_k`` for BYOL, the
     teacher columns without a consistency term). ``*_cls_cosine`` is the mean cosine between the embeddings of
-    different volumes of a batch; when batches hold one volume it is computed across the epoch's batches instead.
-    The same values go to TensorBoard (``epoch/<column>``) when ``tensorboard``, and ``train_curves.png`` draws
-    the reconstruction and consistency terms, the teacher entropy and the cosines against the epoch. They are also
-    put in ``engine.state.metrics`` (by column name), where handlers attached after this one read them, e.g. the
-    MLflow handler of ``--tracking mlflow``.
+    different volumes of a batch (``*_centred``: on features centred by the batch mean); when batches hold one
+    volume it is computed across the epoch's batches instead. ``teacher_marginal_entropy`` is the entropy of the
+    teacher's distribution averaged over every sample of the epoch, and ``teacher_mutual_information`` that minus
+    the mean per-sample ``teacher_entropy``: the information the teacher's output carries about its input, ~0 in
+    both collapse modes (every output uniform; every input on the same few prototypes). It cannot exceed the log of
+    the number of distinct volumes seen in the epoch. The same values go to TensorBoard (``epoch/<column>``) when
+    ``tensorboard``, and ``train_curves.png`` draws the reconstruction and consistency terms, the three entropies
+    and the cosines against the epoch. They are also put in ``engine.state.metrics`` (by column name), where
+    handlers attached after this one read them, e.g. the MLflow handler of ``--tracking mlflow``.
 
-    Collapse warning: from epoch ``check_after`` on, when for ``patience`` epochs in a row the teacher entropy
-    stays within ``entropy_margin`` (2 %) of ``log K`` or the teacher cosine above ``cosine_limit`` (0.99), a
-    warning is logged, and ``engine.state.consistency`` (shown by the progress bar) reads ``"COLLAPSED?"``
-    instead of ``"ok"`` until the monitors recover.
+    Go / no-go line: after the first iteration of a run that starts at epoch 1, the teacher's logit spread (the
+    standard deviation over K of its centred logits, in units of ``tau_t``) is logged with "go" at or above
+    ``GO_SPREAD`` (1.0) and a warning below it: there the teacher is within ~0.5 nats of uniform, the consistency
+    gradient is ~0, and the branch may never leave its uniform start.
+
+    Collapse warning: from epoch ``check_after`` on, when for ``patience`` epochs in a row the teacher's mutual
+    information stays below ``information_floor`` (0.1 nats), its entropy within ``entropy_margin`` (2 %) of
+    ``log K``, or the raw teacher cosine above ``cosine_limit`` (0.99, identical embeddings; the one check BYOL
+    has), a warning naming the collapse mode is logged, and ``engine.state.consistency`` (shown by the progress
+    bar) reads ``"COLLAPSED?"`` instead of ``"ok"`` until the monitors recover.
 
     A resumed run keeps the rows of the epochs it resumes after and appends to them. Under ``torch.distributed``
     only rank 0 writes (its own batches' values).
@@ -65,21 +80,26 @@ class TrainingLog:
         check_after: first epoch that is checked (the teacher starts near uniform; give it the warm-up).
         entropy_margin: relative distance to ``log K`` below which the teacher counts as uniform.
         cosine_limit: teacher cosine across volumes above which the embeddings count as identical.
+        information_floor: teacher mutual information (nats) below which the teacher output says nothing about
+            its input.
         tensorboard: also write the epoch means to TensorBoard.
         plot: also draw ``train_curves.png``.
     """
 
     def __init__(self, output_dir: str | os.PathLike, patience: int = 3, check_after: int = 1,
-                 entropy_margin: float = 0.02, cosine_limit: float = 0.99, tensorboard: bool = True,
-                 plot: bool = True) -> None:
-        if patience < 1 or check_after < 0 or not 0 < entropy_margin < 1 or not -1 <= cosine_limit <= 1:
-            raise ValueError(f"need patience >= 1, check_after >= 0, 0 < entropy_margin < 1 and cosine_limit in "
-                             f"[-1, 1], got {patience}, {check_after}, {entropy_margin}, {cosine_limit}.")
+                 entropy_margin: float = 0.02, cosine_limit: float = 0.99, information_floor: float = 0.1,
+                 tensorboard: bool = True, plot: bool = True) -> None:
+        if (patience < 1 or check_after < 0 or not 0 < entropy_margin < 1 or not -1 <= cosine_limit <= 1
+                or information_floor < 0):
+            raise ValueError(f"need patience >= 1, check_after >= 0, 0 < entropy_margin < 1, cosine_limit in [-1, 1] "
+                             f"and information_floor >= 0, got {patience}, {check_after}, {entropy_margin}, "
+                             f"{cosine_limit}, {information_floor}.")
         self.output_dir = Path(output_dir)
         self.patience = patience
         self.check_after = check_after
         self.entropy_margin = entropy_margin
         self.cosine_limit = cosine_limit
+        self.information_floor = information_floor
         self.tensorboard = tensorboard
         self.plot = plot
         self.rows: list[dict[str, float]] = []
@@ -99,6 +119,8 @@ class TrainingLog:
         self.sums: dict[str, float] = {}
         self.counts: dict[str, int] = {}
         self.features: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
+        self.marginal: torch.Tensor | None = None  # sum of the steps' mean teacher distributions, on the device
+        self.marginal_steps = 0
 
     def epoch_started(self, engine: Engine) -> None:
         if not self._started:  # first epoch of this run: keep the rows a resumed run continues from
@@ -109,7 +131,14 @@ class TrainingLog:
         self._reset_epoch()
 
     def iteration_completed(self, engine: Engine) -> None:
-        for name, value in engine.state.output[0].items():
+        output = engine.state.output[0]
+        if engine.state.iteration == 1 and "teacher_logit_spread" in output:
+            self._go_no_go(output)
+        marginal = getattr(engine.state, "teacher_marginal", None)
+        if marginal is not None:
+            self.marginal = marginal.detach() if self.marginal is None else self.marginal + marginal.detach()
+            self.marginal_steps += 1
+        for name, value in output.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.sums[name] = self.sums.get(name, 0.0) + value
                 self.counts[name] = self.counts.get(name, 0) + 1
@@ -123,6 +152,11 @@ class TrainingLog:
             column = f"{name}_cls_cosine"
             if column not in self.counts and len(vectors) > 1:
                 row[column] = cross_volume_cosine(torch.cat(vectors)[:, None]).item()
+                row[f"{column}_centred"] = cross_volume_cosine(torch.cat(vectors)[:, None], centred=True).item()
+        if self.marginal is not None and "teacher_entropy" in row:
+            marginal = (self.marginal / self.marginal_steps).float()
+            row["teacher_marginal_entropy"] = -(marginal * marginal.clamp_min(1e-30).log()).sum().item()
+            row["teacher_mutual_information"] = row["teacher_marginal_entropy"] - row["teacher_entropy"]
         self.rows.append({name: row[name] for name in COLUMNS if name in row})
         engine.state.metrics.update({name: value for name, value in self.rows[-1].items() if name != "epoch"})
         self._check_collapse(engine, row)
@@ -136,27 +170,46 @@ class TrainingLog:
             self._plot().save(buffer, format="PNG")
             atomic_write(self.output_dir / PLOT_FILE, lambda f: f.write(buffer.getvalue()))
 
+    def _go_no_go(self, output: dict[str, float]) -> None:
+        spread, entropy, log_k = output["teacher_logit_spread"], output["teacher_entropy"], output.get("log_k", math.nan)
+        values = f"teacher logit spread {spread:.2f} tau_t (teacher entropy {entropy:.3f} of log K {log_k:.3f})"
+        if spread >= GO_SPREAD:
+            logger.info(f"step 0: {values}: go.")
+            return
+        logger.warning(
+            f"step 0: {values}: NO-GO. The teacher starts within ~{spread ** 2 / 2:.2f} nats of uniform, where the "
+            f"consistency gradient is ~0, and the branch may never leave its uniform start. A colder early teacher "
+            f"(warmup_teacher_temp), a longer frozen last layer or a separate head learning rate can move it (see the "
+            f"pre-training bundle's README, 'Collapse')."
+        )
+
     def _check_collapse(self, engine: Engine, row: dict[str, float]) -> None:
         entropy, log_k = row.get("teacher_entropy", math.nan), row.get("log_k", math.nan)
+        information = row.get("teacher_mutual_information", math.nan)
         cosine = row.get("teacher_cls_cosine", math.nan)
-        if row["epoch"] < self.check_after or (math.isnan(entropy) and math.isnan(cosine)):
+        if row["epoch"] < self.check_after or all(math.isnan(v) for v in (entropy, information, cosine)):
             return
         uniform = entropy >= (1.0 - self.entropy_margin) * log_k
+        uninformative = information < self.information_floor
         identical = cosine > self.cosine_limit
-        self.streak = self.streak + 1 if uniform or identical else 0
+        self.streak = self.streak + 1 if uniform or uninformative or identical else 0
+        values = (f"teacher entropy {entropy:.3f} of log K {log_k:.3f}, epoch marginal "
+                  f"{row.get('teacher_marginal_entropy', math.nan):.3f}, mutual information {information:.3f} nats, "
+                  f"raw teacher cosine across volumes {cosine:.4f}")
         if self.streak and self.streak % self.patience == 0:
             engine.state.consistency = "COLLAPSED?"
+            mode = ("identical embeddings for every volume" if not (uniform or uninformative) else
+                    "uniform: every teacher output is near uniform" if uniform or entropy >= 0.5 * log_k else
+                    "one mode: the teacher puts every input on the same few prototypes")
             logger.warning(
-                f"epoch {row['epoch']}: the consistency branch looks collapsed for the last {self.streak} epochs: "
-                f"teacher entropy {entropy:.3f} of log K {log_k:.3f}, teacher embedding cosine across volumes "
-                f"{cosine:.4f}. g2g/g2l are then at their trivial value and the run trains like a plain MAE. "
-                f"Check learning_rate, ema_momentum, teacher_temp, freeze_last_layer_epochs and the data's variety "
-                f"(see the pre-training bundle's README, 'Collapse')."
+                f"epoch {row['epoch']}: the consistency branch looks collapsed for the last {self.streak} epochs "
+                f"({mode}): {values}. g2g/g2l then teach the encoder nothing and the run trains like a plain MAE. "
+                f"Check learning_rate, ema_momentum, teacher_temp, center_momentum, freeze_last_layer_epochs and the "
+                f"data's variety (see the pre-training bundle's README, 'Collapse')."
             )
         elif not self.streak:
             if engine.state.consistency == "COLLAPSED?":
-                logger.info(f"epoch {row['epoch']}: the consistency branch recovered (teacher entropy {entropy:.3f} "
-                            f"of {log_k:.3f}, cosine {cosine:.4f}).")
+                logger.info(f"epoch {row['epoch']}: the consistency branch recovered ({values}).")
             engine.state.consistency = "ok"
 
     def _csv(self) -> str:

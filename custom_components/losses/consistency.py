@@ -71,8 +71,32 @@ class DINOConsistencyLoss(nn.Module):
     @torch.no_grad()
     def teacher_entropy(self, teacher: torch.Tensor) -> torch.Tensor:
         """Mean entropy (nats) of the teacher distribution; ``log K`` when it is uniform (collapse)."""
-        probs = self.teacher_probs(teacher)
-        return -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
+        return self.teacher_monitors(teacher)["teacher_entropy"]
+
+    @torch.no_grad()
+    def teacher_monitors(self, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The teacher's collapse monitors of one step, as device tensors (no host transfer).
+
+        Args:
+            teacher: ``[..., K]`` teacher outputs (before :meth:`update_center`).
+
+        Returns:
+            ``teacher_entropy``: mean over samples of the entropy (nats) of each sample's centred, sharpened
+            distribution; ``log K`` when every output is uniform (the uniform collapse).
+            ``teacher_marginal``: ``[K]``, the mean of those distributions over the samples. Pooled over an epoch, its
+            entropy minus the mean per-sample entropy is the mutual information between input and prototype, ~0 in
+            either collapse (uniform, or every input on the same few prototypes).
+            ``teacher_logit_spread``: mean over samples of the standard deviation over K of the centred logits
+            ``(t - c)``, in units of ``tau_t``. Below ~1 the distribution is within ~0.5 nats of uniform, where the
+            consistency gradient is ~0 (entropy ~ ``log K - spread**2 / 2``).
+        """
+        centred = (teacher.detach().float() - self.center.flatten()).reshape(-1, teacher.shape[-1]) / self.teacher_temp
+        probs = F.softmax(centred, dim=-1)
+        return {
+            "teacher_entropy": -(probs * F.log_softmax(centred, dim=-1)).sum(-1).mean(),
+            "teacher_marginal": probs.mean(0),
+            "teacher_logit_spread": centred.std(dim=-1).mean(),
+        }
 
     def forward(self, teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
         _check_pairs(teacher, student)

@@ -33,8 +33,10 @@ class GLMAELoss(nn.Module):
     views ``[B * p, K]`` (or None when no consistency term is used), and the views themselves
     (``[B * p, C, G³]`` and ``[B * q, C, L³]``), plus ``batch_size`` B to group views by volume. It returns
     ``{"loss": total, "loss_rec_local": ..., "loss_rec_global": ..., "loss_g2g": ..., "loss_g2l": ...}``, plus
-    ``teacher_entropy`` (mean entropy of the teacher's centred, sharpened distribution, a collapse monitor: it
-    sits at ``log_k`` when the teacher is uniform) when a DINO consistency term runs.
+    the collapse monitors when a DINO consistency term runs: ``teacher_entropy``, ``teacher_logit_spread`` and the
+    ``[K]`` vector ``teacher_marginal`` (see ``DINOConsistencyLoss.teacher_monitors``), and ``kl_g2g`` / ``kl_g2l``,
+    KL(teacher || student) of each positively weighted branch (its cross-entropy minus the teacher entropy: 0 when
+    the student matches the teacher, whatever the teacher's entropy).
     """
 
     def __init__(
@@ -116,7 +118,10 @@ class GLMAELoss(nn.Module):
                 student_local = student["local_embedding"].reshape(batch_size, -1, teacher.shape[-1])
                 terms["g2l"] = self.consistency(teacher, student_local)
             if isinstance(self.consistency, DINOConsistencyLoss):
-                monitors["teacher_entropy"] = self.consistency.teacher_entropy(teacher_embedding)
+                monitors = self.consistency.teacher_monitors(teacher_embedding)
+                for term in ("g2g", "g2l"):  # KL(teacher || student) = cross-entropy - teacher entropy
+                    if self.weights[term] > 0:
+                        monitors[f"kl_{term}"] = terms[term].detach() - monitors["teacher_entropy"]
             self.consistency.update_center(teacher_embedding)
         total = sum(self.weights[t] * terms[t] for t in LOSS_TERMS)
         return {"loss": total, **{f"loss_{t}": v for t, v in terms.items()}, **monitors}
