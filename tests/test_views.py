@@ -43,6 +43,17 @@ def test_same_seed_same_views_and_flips_change_them():
     assert not torch.equal(flipped, views(image, seed=3)["global_views"])
 
 
+def test_intensity_jitter_scales_and_shifts_each_view_on_its_own():
+    image = torch.full((1, 40, 40, 40), 0.5)
+    plain = views(image, seed=5)["local_views"]
+    jittered = views(image, seed=5, intensity_prob=1.0, intensity_scale=0.2, intensity_shift=0.1)["local_views"]
+    assert torch.all(plain == 0.5)
+    levels = jittered.flatten(1)
+    assert torch.all(levels == levels[:, :1])  # one scale and one shift per view, not per voxel
+    assert len(set(levels[:, 0].tolist())) == 4  # drawn for every view
+    assert torch.all((levels - 0.5).abs() <= 0.5 * 0.2 + 0.1 + 1e-6)
+
+
 def test_zero_views_of_a_kind():
     out = views(torch.rand(1, 40, 40, 40), num_global_views=0)
     assert out["global_views"].shape == (0, 1, 32, 32, 32)
@@ -51,6 +62,8 @@ def test_zero_views_of_a_kind():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(num_global_views=0, num_local_views=0), "at least one"),
     (dict(flip_prob=2.0), "flip_prob"),
+    (dict(intensity_prob=1.5), "intensity_prob"),
+    (dict(intensity_shift=-0.1), "intensity_shift"),
 ])
 def test_ill_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
