@@ -60,6 +60,7 @@ def test_teacher_monitors_tell_a_live_teacher_from_both_collapse_modes():
     assert mi_one == pytest.approx(0.0, abs=1e-4) and m_one["teacher_entropy"] < 0.01  # looks healthy per sample
     assert mi_uniform == pytest.approx(0.0, abs=1e-5) and m_uniform["teacher_entropy"] == pytest.approx(math.log(16))
     assert m_uniform["teacher_logit_spread"] == 0 and m_live["teacher_logit_spread"] > 1
+    assert m_one["teacher_logit_spread"] > 1 and m_one["teacher_logit_spread_batch"] == 0  # sharp, same for all
     # the spread is in units of tau_t: entropy ~ log K - spread^2 / 2 for small spreads
     small = torch.randn(64, 16) * 0.01
     m_small = loss.teacher_monitors(small)
@@ -124,7 +125,8 @@ def fake_run(tmp_path, outputs_per_epoch, features=None, marginal=None, **kwargs
 
 def output(entropy, cosine, g2g=1.0, spread=3.0):
     return {"loss": 2.0, "loss_rec_local": 0.1, "loss_rec_global": 0.1, "loss_g2g": g2g, "loss_g2l": g2g,
-            "teacher_entropy": entropy, "teacher_logit_spread": spread, "kl_g2g": g2g - entropy, "kl_g2l": g2g - entropy,
+            "teacher_entropy": entropy, "teacher_logit_spread": spread, "teacher_logit_spread_batch": 0.5,
+            "kl_g2g": g2g - entropy, "kl_g2l": g2g - entropy,
             "log_k": math.log(64), "student_cls_cosine": cosine, "teacher_cls_cosine": cosine,
             "learning_rate": 3e-4, "ema_momentum": 0.99, "teacher_temp": 0.04}
 
@@ -137,7 +139,8 @@ def test_training_log_writes_epoch_means_and_warns_on_collapse(tmp_path, caplog)
         engine, rows = fake_run(tmp_path, live + collapsed, patience=3, check_after=1, tensorboard=False)
     assert list(rows[0]) == ["epoch", "loss", "loss_rec_local", "loss_rec_global", "loss_g2g", "loss_g2l",
                              "teacher_entropy", "teacher_marginal_entropy", "teacher_mutual_information", "kl_g2g",
-                             "kl_g2l", "teacher_logit_spread", "log_k", "student_cls_cosine", "teacher_cls_cosine",
+                             "kl_g2l", "teacher_logit_spread", "teacher_logit_spread_batch", "log_k", "student_cls_cosine",
+                             "teacher_cls_cosine",
                              "student_cls_cosine_centred", "teacher_cls_cosine_centred", "learning_rate",
                              "ema_momentum", "teacher_temp"]
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
@@ -159,7 +162,8 @@ def test_training_log_stays_quiet_on_a_live_run(tmp_path, caplog):
                                 tensorboard=False)
     assert "collapsed" not in caplog.text and engine.state.consistency == "ok"
     assert float(rows[0]["teacher_mutual_information"]) == pytest.approx(math.log(2), abs=1e-4)
-    assert "step 0: teacher logit spread 3.00 tau_t" in caplog.text and "go." in caplog.text
+    assert "step 0: teacher logit spread 3.00 tau_t around the centre, 0.50 tau_t across the batch's inputs" in \
+        caplog.text and "go." in caplog.text
 
 
 def test_training_log_warns_on_the_one_mode_collapse_that_per_sample_entropy_misses(tmp_path, caplog):
@@ -177,7 +181,8 @@ def test_training_log_warns_on_the_one_mode_collapse_that_per_sample_entropy_mis
 def test_training_log_says_no_go_when_the_teacher_starts_near_uniform(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="custom_components"):
         fake_run(tmp_path, [[output(4.12, 0.1, spread=0.28)]], tensorboard=False)
-    assert "step 0: teacher logit spread 0.28 tau_t (teacher entropy 4.120 of log K 4.159): NO-GO" in caplog.text
+    assert "step 0: teacher logit spread 0.28 tau_t around the centre" in caplog.text
+    assert "(teacher entropy 4.120 of log K 4.159): NO-GO" in caplog.text
 
 
 def test_training_log_pools_the_cosine_over_the_epoch_with_one_volume_per_batch(tmp_path):

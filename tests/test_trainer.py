@@ -73,9 +73,9 @@ def test_trainer_outputs_every_term_and_updates_teacher():
     trainer.run()
     out = trainer.state.output[0]
     assert set(out) == {"loss", "loss_rec_local", "loss_rec_global", "loss_g2g", "loss_g2l", "ema_momentum",
-                        "teacher_entropy", "teacher_logit_spread", "kl_g2g", "kl_g2l", "log_k", "student_cls_cosine",
-                        "teacher_cls_cosine", "student_cls_cosine_centred", "teacher_cls_cosine_centred",
-                        "learning_rate", "teacher_temp"}
+                        "teacher_entropy", "teacher_logit_spread", "teacher_logit_spread_batch", "kl_g2g", "kl_g2l",
+                        "log_k", "student_cls_cosine", "teacher_cls_cosine", "student_cls_cosine_centred",
+                        "teacher_cls_cosine_centred", "learning_rate", "teacher_temp"}
     assert trainer.state.teacher_marginal.shape == (32,)
     assert trainer.state.teacher_marginal.sum().item() == pytest.approx(1.0, abs=1e-5)
     assert all(np.isfinite(v) for v in out.values())

@@ -30,7 +30,8 @@ logger = logging.getLogger("custom_components")
 CSV_FILE, PLOT_FILE = "train_log.csv", "train_curves.png"
 COLUMNS = (
     "epoch", "loss", "loss_rec_local", "loss_rec_global", "loss_g2g", "loss_g2l", "teacher_entropy",
-    "teacher_marginal_entropy", "teacher_mutual_information", "kl_g2g", "kl_g2l", "teacher_logit_spread", "log_k",
+    "teacher_marginal_entropy", "teacher_mutual_information", "kl_g2g", "kl_g2l", "teacher_logit_spread",
+    "teacher_logit_spread_batch", "log_k",
     "student_cls_cosine", "teacher_cls_cosine", "student_cls_cosine_centred", "teacher_cls_cosine_centred",
     "learning_rate", "ema_momentum", "teacher_temp",
 )  # fmt: skip
@@ -60,10 +61,10 @@ class TrainingLog:
     and the cosines against the epoch. They are also put in ``engine.state.metrics`` (by column name), where
     handlers attached after this one read them, e.g. the MLflow handler of ``--tracking mlflow``.
 
-    Go / no-go line: after the first iteration of a run that starts at epoch 1, the teacher's logit spread (the
-    standard deviation over K of its centred logits, in units of ``tau_t``) is logged with "go" at or above
-    ``GO_SPREAD`` (1.0) and a warning below it: there the teacher is within ~0.5 nats of uniform, the consistency
-    gradient is ~0, and the branch may never leave its uniform start.
+    Step-0 line: after the first iteration of a run that starts at epoch 1, the teacher's logit spreads (standard
+    deviation over K, in units of ``tau_t``) around the centre and across the batch's inputs are logged, with "go"
+    when the first is at least ``GO_SPREAD`` (1.0) and a NO-GO warning below it: there the teacher's
+    distribution is within ~0.5 nats of uniform from the start and the consistency gradient is ~0.
 
     Collapse warning: from epoch ``check_after`` on, when for ``patience`` epochs in a row the teacher's mutual
     information stays below ``information_floor`` (0.1 nats), its entropy within ``entropy_margin`` (2 %) of
@@ -172,15 +173,17 @@ class TrainingLog:
 
     def _go_no_go(self, output: dict[str, float]) -> None:
         spread, entropy, log_k = output["teacher_logit_spread"], output["teacher_entropy"], output.get("log_k", math.nan)
-        values = f"teacher logit spread {spread:.2f} tau_t (teacher entropy {entropy:.3f} of log K {log_k:.3f})"
+        values = (f"teacher logit spread {spread:.2f} tau_t around the centre, "
+                  f"{output.get('teacher_logit_spread_batch', math.nan):.2f} tau_t across the batch's inputs "
+                  f"(teacher entropy {entropy:.3f} of log K {log_k:.3f})")
         if spread >= GO_SPREAD:
             logger.info(f"step 0: {values}: go.")
             return
         logger.warning(
             f"step 0: {values}: NO-GO. The teacher starts within ~{spread ** 2 / 2:.2f} nats of uniform, where the "
             f"consistency gradient is ~0, and the branch may never leave its uniform start. A colder early teacher "
-            f"(warmup_teacher_temp), a longer frozen last layer or a separate head learning rate can move it (see the "
-            f"pre-training bundle's README, 'Collapse')."
+            f"(warmup_teacher_temp) or a smaller head_bottleneck_dim widens it (see the pre-training bundle's "
+            f"README, 'Collapse')."
         )
 
     def _check_collapse(self, engine: Engine, row: dict[str, float]) -> None:

@@ -89,13 +89,18 @@ class DINOConsistencyLoss(nn.Module):
             ``teacher_logit_spread``: mean over samples of the standard deviation over K of the centred logits
             ``(t - c)``, in units of ``tau_t``. Below ~1 the distribution is within ~0.5 nats of uniform, where the
             consistency gradient is ~0 (entropy ~ ``log K - spread**2 / 2``).
+            ``teacher_logit_spread_batch``: the same around the batch's mean logits instead of the centre: how much
+            the logits differ between the inputs of the batch, what is left once the centre has caught up with the
+            part every input shares.
         """
-        centred = (teacher.detach().float() - self.center.flatten()).reshape(-1, teacher.shape[-1]) / self.teacher_temp
+        logits = teacher.detach().float().reshape(-1, teacher.shape[-1]) / self.teacher_temp
+        centred = logits - self.center.flatten() / self.teacher_temp
         probs = F.softmax(centred, dim=-1)
         return {
             "teacher_entropy": -(probs * F.log_softmax(centred, dim=-1)).sum(-1).mean(),
             "teacher_marginal": probs.mean(0),
             "teacher_logit_spread": centred.std(dim=-1).mean(),
+            "teacher_logit_spread_batch": (logits - logits.mean(0)).std(dim=-1).mean(),
         }
 
     def forward(self, teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
