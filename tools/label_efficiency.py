@@ -43,6 +43,7 @@ if REPO_ROOT not in sys.path:  # run as `python tools/label_efficiency.py` from 
     sys.path.insert(0, REPO_ROOT)
 
 from tools.bundle_run import PRETRAINING_BUNDLE, finetuning_bundles, run_bundle  # noqa: E402
+from tools.plots import draw_legend, draw_lines  # noqa: E402
 
 DEFAULT_BUNDLE = "glmae_btcv_segmentation"
 
@@ -165,37 +166,16 @@ def write_markdown(path: str, table: dict, budgets: list[int]) -> None:
         f.write("Validation mean Dice (mean ± std over seeds)\n\n" + "\n".join(lines) + "\n")
 
 
-COLOURS = [(120, 120, 120), (31, 119, 180), (44, 160, 44), (255, 127, 14), (214, 39, 40)]
-
-
 def plot(path: str, table: dict, budgets: list[int], size=(720, 440), margin=(70, 40, 200, 60)) -> None:
     """Dice against labelled volumes, one coloured line per arm, drawn with PIL."""
     left, top, right, bottom = margin
     width, height = size[0] - left - right, size[1] - top - bottom
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
-    x_of = {b: left + (i + 0.5) * width / len(budgets) for i, b in enumerate(budgets)}
-
-    def y_of(dice: float) -> float:
-        return top + height * (1.0 - dice)
-
-    draw.rectangle([left, top, left + width, top + height], outline="black")
-    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
-        draw.line([left - 4, y_of(tick), left, y_of(tick)], fill="black")
-        draw.text((left - 40, y_of(tick) - 6), f"{tick:.2f}", fill="black")
-    for b, x in x_of.items():
-        draw.text((x - 6, top + height + 8), str(b), fill="black")
-    draw.text((left + width / 2 - 60, top + height + 30), "labelled training volumes", fill="black")
-    draw.text((left, 12), "validation mean Dice vs labels", fill="black")
-    for k, (arm, cells) in enumerate(table.items()):
-        colour = COLOURS[k % len(COLOURS)]
-        points = [(x_of[b], y_of(cells[b][0])) for b in budgets if b in cells]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for x, y in points:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        draw.line([left + width + 15, top + 15 + 18 * k, left + width + 35, top + 15 + 18 * k], fill=colour, width=3)
-        draw.text((left + width + 40, top + 9 + 18 * k), arm, fill="black")
+    series = {arm: {b: mean for b, (mean, _, _) in cells.items()} for arm, cells in table.items()}
+    draw_lines(draw, (left, top, width, height), series, budgets, "validation mean Dice vs labels",
+               "labelled training volumes")
+    draw_legend(draw, (left + width + 15, top + 15), list(series))
     image.save(path)
 
 

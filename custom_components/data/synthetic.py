@@ -9,6 +9,13 @@ keeps its HU and its grid cell in every volume, so a small UNETR learns the task
 gives the same volume): body size, shape and position; a field of view with or without the lungs; which organs
 are present and how large; the contrast phase (organ HU scaled and shifted, some organs enhanced), the fat HU and
 the noise level. Near-identical volumes give a self-distillation objective nothing to tell apart.
+:func:`synthetic_ct_profile` returns what ``varied`` drew for a seed (the targets of the volume-level probe in
+:mod:`custom_components.probes`).
+
+``shuffle_layout=True`` is a probe-data choice: organ ``k`` still has its own HU, but the grid cell it sits in is
+drawn per volume (a permutation of the cells, from its own seeded stream), so which organ a place holds depends on
+appearance (HU, size, context) rather than on position, and a probe that knows only where a token is scores near
+chance. The default keeps every existing dataset byte-identical.
 
 Each fine-tuning task's layout is a few arguments (``SYNTHETIC_TASKS`` lists them per bundle): the class count,
 the raw values the labels hold on disk (``label_values``, e.g. MM-WHS's 205, 420, ... 850), the voxel spacing
@@ -35,7 +42,10 @@ import numpy as np
 from .brats import BRATS_LAYOUTS
 from .datalist import load_datalist, training_entries, write_decathlon_json
 
-__all__ = ["BTCV_ORGANS", "SYNTHETIC_TASKS", "ensure_synthetic_dataset", "make_synthetic_ct", "write_synthetic_dataset"]
+__all__ = [
+    "BTCV_ORGANS", "SYNTHETIC_TASKS", "ensure_synthetic_dataset", "make_synthetic_ct", "synthetic_ct_profile",
+    "write_synthetic_dataset",
+]
 
 logger = logging.getLogger("custom_components")
 
@@ -49,6 +59,7 @@ NOISE_HU = 10.0
 MIN_SIZE = 16
 LESION_HU_RANGE = (-700.0, -250.0)
 LESION_CONTEXT_ORGANS = 6  # unlabelled abdominal organs in a lesion volume
+LAYOUT_STREAM = 1  # second seed word of the shuffle_layout generator, apart from the volume's own stream
 MARKER_FILE = "synthetic_dataset_args.json"
 DATALIST_FILE = "dataset.json"
 
@@ -68,7 +79,7 @@ SYNTHETIC_TASKS: dict[str, dict[str, Any]] = {
 
 def make_synthetic_ct(
     shape: Sequence[int] = (96, 96, 64), num_classes: int = 14, seed: int = 0, varied: bool = False,
-    lesions: bool = False,
+    lesions: bool = False, *, shuffle_layout: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Make one CT-like volume and its organ label map; each seed gives a different, deterministic volume.
 
@@ -81,6 +92,8 @@ def make_synthetic_ct(
         varied: draw the body layout, organ set and intensity profile per volume (pre-training data) instead of
             keeping them nearly fixed (fine-tuning data).
         lesions: label 2-5 small lesions inside the lungs as class 1 (``num_classes`` must be 2) instead of organs.
+        shuffle_layout: put the organs in a per-volume permutation of the grid cells (probe data, see the module
+            docstring); the rest of the volume is the one this seed gives without it.
 
     Returns:
         ``(image, label)``: image ``[H, W, D]`` int16 in Hounsfield units (-1000 air .. ~+730 bone) and label
@@ -112,7 +125,11 @@ def make_synthetic_ct(
     image[body] = profile.fat_hu
     image[np.broadcast_to(radius <= profile.fat_rim, shape)] = SOFT_TISSUE_HU
     lungs = _paint_lungs(image, (x, y, z), centre, semi_axes, rng, profile.z_shift) if profile.lungs else []
-    for k, (organ_centre, radii, rotation) in enumerate(_organ_layout(num_organs, centre, semi_axes, rng), 1):
+    num_cells = _num_cells(num_organs)
+    layout_rng = np.random.default_rng((seed, LAYOUT_STREAM))
+    cell_of = layout_rng.permutation(num_cells) if shuffle_layout else range(num_cells)
+    layout = _organ_layout(num_organs, centre, semi_axes, rng, cell_of)
+    for k, (organ_centre, radii, rotation) in enumerate(layout, 1):
         organ_hu = np.interp(k, (1, max(num_organs, 2)), ORGAN_HU_RANGE) + rng.uniform(-3.0, 3.0)
         if not profile.present[k - 1]:
             continue
@@ -128,6 +145,23 @@ def make_synthetic_ct(
     label[~body] = 0
     image += rng.normal(0.0, profile.noise_hu, shape).astype(np.float32)
     return np.clip(np.rint(image), -1024, 3071).astype(np.int16), label
+
+
+def synthetic_ct_profile(seed: int, num_classes: int = 14) -> dict[str, Any]:
+    """What ``make_synthetic_ct(..., num_classes, seed, varied=True)`` draws for its volume (organ layouts).
+
+    Read from the volume's own random stream, so it is exactly the volume's profile; ``lesions`` volumes always show
+    the lungs whatever ``lungs`` says.
+
+    Returns:
+        ``body_scale [2]``, ``body_shift [2]``, ``fat_rim``, ``fat_hu``, ``lungs`` (thorax in the field of view),
+        ``z_shift``, ``present [num_classes - 1]`` (which organs are painted), ``organ_scale [num_classes - 1]``,
+        ``hu_scale`` and ``hu_shift`` (the contrast phase), ``enhancement [num_classes - 1]`` (HU added to enhanced
+        organs) and ``noise_hu``; arrays are numpy arrays.
+    """
+    _validate_num_classes(num_classes)
+    _validate_seed(seed)
+    return dataclasses.asdict(_VariedProfile.draw(np.random.default_rng(seed), num_classes - 1))
 
 
 def write_synthetic_dataset(
@@ -345,14 +379,20 @@ def _paint_bones(image: np.ndarray, label: np.ndarray, grid, radius: np.ndarray,
     label[bone] = 0
 
 
-def _organ_layout(num_organs: int, centre: np.ndarray, semi_axes: np.ndarray, rng):
-    """Yield ``(centre [3], radii [3], rotation [3, 3])`` per organ, one per cell of a 3 x 2 x n abdomen grid."""
+def _num_cells(num_organs: int) -> int:
+    """Cells of the 3 x 2 x n abdomen grid that holds ``num_organs`` organs."""
+    return 6 * math.ceil(num_organs / 6)
+
+
+def _organ_layout(num_organs: int, centre: np.ndarray, semi_axes: np.ndarray, rng, cell_of: Sequence[int]):
+    """Yield ``(centre [3], radii [3], rotation [3, 3])`` per organ, organ ``k`` in cell ``cell_of[k]`` of a
+    3 x 2 x n abdomen grid (cells numbered x fastest, then y, then z)."""
     lower = np.array([centre[0] - 0.62 * semi_axes[0], centre[1] - 0.5 * semi_axes[1], -0.9])
     upper = np.array([centre[0] + 0.62 * semi_axes[0], centre[1] + 0.62 * semi_axes[1], 0.38])
-    cells = np.array([3, 2, math.ceil(num_organs / 6)])
+    cells = np.array([3, 2, _num_cells(num_organs) // 6])
     cell = (upper - lower) / cells
-    for k in range(num_organs):
-        index = np.array([k % 3, (k // 3) % 2, k // 6])
+    for c in cell_of[:num_organs]:
+        index = np.array([c % 3, (c // 3) % 2, c // 6])
         organ_centre = lower + (index + 0.5 + rng.uniform(-0.12, 0.12, 3)) * cell
         yield organ_centre, rng.uniform(0.38, 0.48, 3) * cell, _rotation(rng.uniform(-0.4, 0.4, 3))
 
