@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """``main`` with bad input reported as one line on stderr and exit status 2."""
+    """``main`` with bad input reported as one line on stderr and exit status 1."""
     try:
         main(argv)
     except (ValueError, FileNotFoundError) as e:
