@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 
 from PIL import Image, ImageDraw
 
-COLOURS = [(120, 120, 120), (31, 119, 180), (44, 160, 44), (255, 127, 14), (214, 39, 40)]
+COLOURS = [(120, 120, 120), (31, 119, 180), (44, 160, 44), (255, 127, 14), (214, 39, 40), (148, 103, 189),
+           (140, 86, 75)]
 
 
 def draw_lines(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float],

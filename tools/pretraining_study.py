@@ -163,7 +163,8 @@ def write_markdown(path: str, table: dict, args: argparse.Namespace, seeds: list
     lines = ["# Pre-training study: frozen-encoder probes", "",
              f"Seeds {', '.join(map(str, seeds))}; each cell is the mean ± std over pre-training seeds of the probe "
              "score (itself the mean over the probe's draws of labelled volumes). Effect: the arm's mean minus "
-             f"{RANDOM}'s, and 2 × the pooled std over seeds; `yes` where the effect is larger.", ""]
+             f"{RANDOM}'s, beside 2 × the pooled std over seeds: `above` or `below` random where the effect is larger "
+             "than that, `within` where it is not.", ""]
     for probe in PROBES:
         if probe not in table:
             continue
@@ -180,7 +181,8 @@ def write_markdown(path: str, table: dict, args: argparse.Namespace, seeds: list
                 text = f"{mean:.3f} ± {std:.3f} (n={n})"
                 if arm not in (RANDOM, "raw+pos", "pos") and b in base:
                     diff, bar = effect(cells[b], base[b])
-                    text += f"; {diff:+.3f} vs 2σ {bar:.3f}: {'yes' if abs(diff) > bar else 'no'}"
+                    verdict = "above" if diff > bar else "below" if diff < -bar else "within"
+                    text += f"; {diff:+.3f} vs 2σ {bar:.3f}: {verdict}"
                 values.append(text)
             lines.append(f"| {arm} | " + " | ".join(values) + " |")
         lines.append("")
@@ -207,7 +209,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="pre-training seeds (default 0 1 2)")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
-    parser.add_argument("--device", help="e.g. cpu, cuda (default: the bundle's choice; the probes run on cpu)")
+    parser.add_argument("--device", help="e.g. cpu, cuda, for pre-training and probes (default: the bundle's choice, cpu for probes)")
     parser.add_argument("--pretrain-datalist", help="unlabelled datalist (default: the preset's synthetic data)")
     parser.add_argument("--probe-datalist", help="labelled datalist for the probes (default: synthetic)")
     args = parser.parse_args(argv)
