@@ -31,9 +31,8 @@ CSV_FILE, PLOT_FILE = "train_log.csv", "train_curves.png"
 COLUMNS = (
     "epoch", "loss", "loss_rec_local", "loss_rec_global", "loss_g2g", "loss_g2l", "teacher_entropy",
     "teacher_marginal_entropy", "teacher_mutual_information", "kl_g2g", "kl_g2l", "teacher_logit_spread",
-    "teacher_logit_spread_batch", "log_k",
-    "student_cls_cosine", "teacher_cls_cosine", "student_cls_cosine_centred", "teacher_cls_cosine_centred",
-    "learning_rate", "ema_momentum", "teacher_temp",
+    "teacher_logit_spread_batch", "log_k", "student_cls_cosine", "teacher_cls_cosine", "student_cls_cosine_centred",
+    "teacher_cls_cosine_centred", "learning_rate", "ema_momentum", "teacher_temp",
 )  # fmt: skip
 PANELS = (  # title, columns, with a log K line
     ("masked reconstruction (MSE)", ("loss_rec_local", "loss_rec_global"), False),
