@@ -24,8 +24,8 @@ is trained on ``--budgets`` labelled volumes, drawn ``--splits`` times. Writes
         --device cuda --out probe_btcv
 
 Runtime at the defaults (32 volumes of 64×64×48, 7 classes, 5 splits, budgets 1/2/4/8), measured on 2 CPU cores
-(AMD EPYC, shared with another job): 84 s for one 96-wide 12-layer encoder plus the baselines (93 s wall clock
-with the imports), 50 s for the baselines alone (140 s while the other job kept both cores busy); about 4 s per
+(AMD EPYC, under load from other processes): 84 s for one 96-wide 12-layer encoder plus the baselines (93 s wall clock
+with the imports), 50 s for the baselines alone (140 s while another process kept both cores busy); about 4 s per
 feature set and split, most of it the segmentation head and the logistic regressions. On a GPU pass
 ``--device cuda`` (features, k-NN and the segmentation head move there; scikit-learn stays on the CPU).
 """
