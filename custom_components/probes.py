@@ -8,15 +8,18 @@ held-out volumes that nothing is trained or chosen on:
 
 - ``knn_classify``: DINO's weighted k-NN (cosine on L2-normalised features, k = 20, votes ``exp(sim / 0.07)``);
 - ``linear_classify``: multinomial logistic regression (scikit-learn, fixed ``C``, balanced class weights);
-- ``segmentation_probe``: a linear layer from each token to the logits of its patch's voxels, Adam + cross-entropy
-  for a fixed number of steps, scored by the voxel Dice of the foreground classes;
+- ``segmentation_probe``: a linear layer from each token to the logits of its patch's voxels, Adam on cross-entropy
+  plus soft Dice for a fixed number of steps, scored by the voxel Dice of the foreground classes;
 - ``context_probe``: volume attributes (thorax in the field of view, contrast phase, which organs are present) from
   the mean of a volume's tokens, by cross-validated logistic regression.
 
 Token probes standardise the features with the training tokens' mean and std first (k-NN then L2-normalises):
 without the centring, the cosine of non-negative raw intensities ignores their level and the raw baseline would be
-a strawman. Their label is the patch's most frequent organ when it fills at least ``min_fraction`` of the patch, else
-background (``min_fraction=0.5``: an organ only where it is the patch's majority).
+a strawman. Their label is the patch's most frequent organ when it fills at least ``min_fraction`` of the patch
+(0.25); by default they train and score organ tokens only (which organ is it?), see ``ProbeSettings``.
+
+``organ_oracle_features`` is the positive control: it reads the labels, so it is no encoder, and shows how high a
+probe can score on the data. A probe whose oracle scores near chance cannot rank encoders.
 
 Baselines that a pre-trained encoder must beat before a fine-tuning result means much: ``init_encoder_state`` (the
 same architecture at the pre-training's own initialisation, 0 steps), ``raw_position_features`` (the patch's voxels
@@ -24,9 +27,9 @@ pooled to 4³ plus its position) and ``position_features`` (where the token is, 
 
 Example::
 
-    data = synthetic_probe_data(32, (64, 64, 48), num_classes=7, shuffle_layout=True)
+    data = synthetic_probe_data(40, (128, 128, 96), num_classes=7)   # shuffled layout, structured organs
     vit = load_frozen_encoder("models/encoder.pt", data.volume_shape, num_heads=4)
-    features = encoder_features(vit, data.images)                      # [32, 48, 96]
+    features = encoder_features(vit, data.images)                      # [40, 384, 96]
     rows = list(evaluate_features("glmae", features, data, ProbeSettings()))
 """
 
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceLoss
 from monai.metrics import DiceMetric
 from monai.networks.nets import ViT
 from monai.transforms import (Compose, LoadImaged, Orientationd, ResizeWithPadOrCropd, ScaleIntensityRange,
@@ -57,15 +61,17 @@ from custom_components.data.synthetic import make_synthetic_ct, synthetic_ct_pro
 from custom_components.weights import HARMLESS_MISSING, PATCH_KEY, load_encoder, load_state_dict_file, to_vit_state_dict
 
 __all__ = [
-    "PATCH_SIZE", "EncoderSize", "ProbeData", "ProbeSettings", "build_vit", "context_probe", "datalist_probe_data",
-    "draw_splits", "encoder_features", "encoder_size", "evaluate_features", "init_encoder_state", "knn_classify",
-    "linear_classify", "load_frozen_encoder", "position_features", "raw_position_features", "resolve_num_heads",
-    "segmentation_probe", "synthetic_probe_data", "token_grid", "token_labels", "token_positions", "token_scores",
-    "vit_size",
+    "IGNORE", "PATCH_SIZE", "EncoderSize", "ProbeData", "ProbeSettings", "build_vit", "context_probe",
+    "datalist_probe_data", "draw_splits", "encoder_features", "encoder_size", "evaluate_features",
+    "init_encoder_state", "knn_classify", "linear_classify", "load_frozen_encoder", "organ_oracle_features",
+    "position_features", "raw_position_features", "resolve_num_heads", "segmentation_probe", "synthetic_probe_data",
+    "token_grid", "token_labels", "token_positions", "token_scores", "vit_size",
 ]
 
 PATCH_SIZE = 16
 RAW_POOL = 4  # raw baseline: a patch's voxels average-pooled to 4³ values
+IGNORE = -1  # token label of a patch that holds a sliver of an organ (see token_labels)
+ORACLE_BINS, ORACLE_SPAN = 30, (-0.6, 0.15)  # organ_oracle_features' histogram
 PHASE_EDGES = np.linspace(0.4, 1.8, 4)[1:-1]  # thirds of the generator's hu_scale range: contrast-phase bins
 ORIENTATION_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # as the pre-training bundle's Orientationd
 BLOCK_KEY = re.compile(r"blocks\.(\d+)\.")
@@ -119,9 +125,14 @@ class ProbeSettings:
         k, temperature: DINO's k-NN (20 neighbours, votes ``exp(sim / 0.07)``).
         linear_c: inverse L2 strength of the logistic regressions (scikit-learn's default 1.0, not tuned).
         min_fraction: the part of a patch an organ must fill to label the token (see ``token_labels``).
+        background_fraction: with ``organs_only`` off, below this part of a patch the token is background, and
+            tokens between the two fractions are left out of the token probes (``IGNORE``).
+        organs_only: the token probes train and score organ tokens only (which organ is this?, chance
+            1 / organs). Background tokens outnumber organ tokens 30 to 1 in the default probe data; with them in,
+            the k-NN votes background everywhere and its score says little about what a feature knows of organs.
         seg_steps, seg_lr: Adam steps (full batch) and learning rate of the segmentation head.
-        seg_stride: voxels per logit edge of the segmentation head: 1 gives every voxel its own logit, 2 one logit
-            per 2³ voxels (nearest-upsampled; 8 times less work).
+        seg_stride: voxels per logit edge of the segmentation head: 1 gives every voxel its own logit, 4 one logit
+            per 4³ voxels (nearest-upsampled; 64 times less work).
         context_folds: folds of the context probe's cross-validation (fewer when a class has fewer volumes).
         seed: base seed of the draws (split ``s`` uses ``seed + s``).
     """
@@ -132,10 +143,12 @@ class ProbeSettings:
     k: int = 20
     temperature: float = 0.07
     linear_c: float = 1.0
-    min_fraction: float = 0.02
+    min_fraction: float = 0.25
+    background_fraction: float | None = 0.02
+    organs_only: bool = True
     seg_steps: int = 100
     seg_lr: float = 1e-2
-    seg_stride: int = 2
+    seg_stride: int = 4
     context_folds: int = 5
     seed: int = 0
 
@@ -174,29 +187,36 @@ def token_positions(grid: Sequence[int]) -> torch.Tensor:
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
 
 
-def token_labels(labels: torch.Tensor, num_classes: int, min_fraction: float = 0.5) -> torch.Tensor:
+def token_labels(labels: torch.Tensor, num_classes: int, min_fraction: float = 0.5,
+                 background_fraction: float | None = None) -> torch.Tensor:
     """Label of every token: its patch's most frequent organ when that organ fills at least ``min_fraction`` of the
-    patch's 16³ voxels, else background (0).
+    patch's 16³ voxels; background (0) when no organ fills ``background_fraction`` of it; ``IGNORE`` (-1) between
+    the two, for tokens that hold a sliver of an organ and are neither (probes neither train nor score them).
 
-    ``min_fraction=0.5`` labels a token with an organ only where the organ is the patch's majority. Organs smaller
-    than a patch (the synthetic ones at 64×64×48 fill a few hundred voxels) need a lower fraction.
+    ``min_fraction=0.5`` labels a token with an organ only where the organ is the patch's majority.
+    ``background_fraction=None`` (the same as ``min_fraction``) ignores nothing.
 
     Args:
         labels: ``[V, H, W, D]`` class indices.
         num_classes: classes including background.
         min_fraction: in (0, 1].
+        background_fraction: in (0, min_fraction], or None.
 
     Returns:
         ``[V, N]`` int64.
     """
-    if not 0.0 < min_fraction <= 1.0:
-        raise ValueError(f"min_fraction must be in (0, 1], got {min_fraction}.")
+    background_fraction = min_fraction if background_fraction is None else background_fraction
+    if not 0.0 < background_fraction <= min_fraction <= 1.0:
+        raise ValueError(f"need 0 < background_fraction <= min_fraction <= 1, got min_fraction={min_fraction}, "
+                         f"background_fraction={background_fraction}.")
     token_grid(labels.shape[1:])
     cells = _to_tokens(labels.unsqueeze(1).long(), PATCH_SIZE)[:, :, 0]  # [V, N, 16³]
     counts = torch.zeros(*cells.shape[:2], num_classes, dtype=torch.int64)
     counts.scatter_add_(2, cells, torch.ones_like(cells))
     organ_voxels, organ = counts[..., 1:].max(dim=-1)
-    return torch.where(organ_voxels >= min_fraction * PATCH_SIZE**3, organ + 1, 0)
+    fraction = organ_voxels.float() / PATCH_SIZE**3
+    return torch.where(fraction >= min_fraction, organ + 1,
+                       torch.where(fraction < background_fraction, 0, IGNORE))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -204,8 +224,8 @@ def token_labels(labels: torch.Tensor, num_classes: int, min_fraction: float = 0
 
 
 def synthetic_probe_data(
-    num_volumes: int = 32, volume_shape: Sequence[int] = (64, 64, 48), num_classes: int = 7, seed: int = 1000,
-    hu_range: Sequence[float] = (-1000.0, 1000.0), shuffle_layout: bool = True,
+    num_volumes: int = 40, volume_shape: Sequence[int] = (128, 128, 96), num_classes: int = 7, seed: int = 1000,
+    hu_range: Sequence[float] = (-1000.0, 1000.0), shuffle_layout: bool = True, organ_texture: bool = True,
 ) -> ProbeData:
     """Labelled varied synthetic CT volumes (``make_synthetic_ct(..., varied=True)``, seeds ``seed + i``), HU
     windowed to [0, 1], with their drawn attributes for the context probe.
@@ -213,7 +233,9 @@ def synthetic_probe_data(
     Attributes: ``lungs`` ``[V]`` (thorax in the field of view, 0/1), ``phase`` ``[V]`` (contrast-phase third of
     ``hu_scale``, 0..2) and ``organs`` ``[V, num_classes - 1]`` (which organs are painted).
 
-    ``seed`` defaults to 1000, away from the seeds of the quickstart's pre-training volumes (0, 1, ...).
+    ``shuffle_layout`` and ``organ_texture`` (both on) make which organ a token holds a matter of its appearance:
+    not of where it is, and not of its HU alone, which the contrast phase scrambles (see ``make_synthetic_ct``).
+    ``seed`` defaults to 1000, away from the seeds of the pre-training volumes (0, 1, ...).
     """
     if num_volumes < 1:
         raise ValueError(f"num_volumes must be positive, got {num_volumes}.")
@@ -222,7 +244,7 @@ def synthetic_probe_data(
     images, labels, profiles = [], [], []
     for index in range(num_volumes):
         image, label = make_synthetic_ct(volume_shape, num_classes, seed + index, varied=True,
-                                         shuffle_layout=shuffle_layout)
+                                         shuffle_layout=shuffle_layout, organ_texture=organ_texture)
         images.append(convert_to_tensor(window(image.astype(np.float32)[None]), track_meta=False))
         labels.append(torch.from_numpy(label.astype(np.int64)))
         profiles.append(synthetic_ct_profile(seed + index, num_classes))
@@ -405,6 +427,32 @@ def raw_position_features(images: torch.Tensor) -> torch.Tensor:
     return torch.cat([raw, position_features(images.shape[0], grid)], dim=-1)
 
 
+def organ_oracle_features(images: torch.Tensor, labels: torch.Tensor, num_classes: int, min_fraction: float = 0.25,
+                          bins: int = ORACLE_BINS, span: Sequence[float] = ORACLE_SPAN) -> torch.Tensor:
+    """Positive control ``[V, N, bins]``: the histogram of the token's organ voxels around their own median.
+
+    It reads the labels (which voxels of the patch are the token's organ), so it is no encoder: it measures what the
+    patch's intensities can tell about which organ a token holds when a feature knows where the organ is and
+    ignores the contrast phase's shift of its HU. A probe that scores it near chance cannot rank encoders on that
+    data; the gap between it and an encoder is what the encoder leaves on the table. Tokens without an organ get
+    the histogram of all their voxels.
+
+    Args:
+        images: ``[V, 1, H, W, D]`` windowed to [0, 1]; labels: ``[V, H, W, D]``.
+        span: the histogram's range of intensity minus median, in window units (default -1200..+300 HU of
+            the [-1000, 1000] window: gas and fat below organ tissue, enhancement above).
+    """
+    token = token_labels(labels, num_classes, min_fraction)
+    values = _to_tokens(images.float(), PATCH_SIZE)[:, :, 0]  # [V, N, 16³]
+    voxel_labels = _to_tokens(labels.unsqueeze(1).long(), PATCH_SIZE)[:, :, 0]
+    organ = (voxel_labels == token.unsqueeze(-1)) | (token.unsqueeze(-1) == 0)
+    median = torch.where(organ, values, torch.nan).nanmedian(dim=-1, keepdim=True).values
+    offset = ((values - median - span[0]) / (span[1] - span[0]) * bins).floor().clamp(0, bins - 1).long()
+    histogram = torch.zeros(*values.shape[:2], bins)
+    histogram.scatter_add_(2, offset, organ.float())
+    return histogram / organ.sum(-1, keepdim=True).clamp(min=1)
+
+
 def position_features(num_volumes: int, grid: Sequence[int]) -> torch.Tensor:
     """Position baseline ``[V, N, 3]``: every token's normalised (x, y, z), the same in each volume."""
     return token_positions(grid).expand(num_volumes, -1, -1).contiguous()
@@ -470,8 +518,10 @@ def segmentation_probe(
 
     The head maps each token's standardised feature to ``C`` logits for each cell of ``(16 / stride)³`` in its patch
     (``stride`` 1: one per voxel), nearest-upsampled to the voxels (SETR-naive with a per-token linear upsampler).
-    It starts at zero and is trained by full-batch Adam on voxel cross-entropy for ``steps`` steps; with ``stride``
-    above 1 the loss against each cell's class fractions equals the voxel cross-entropy of the upsampled logits.
+    It starts at zero and is trained by full-batch Adam on voxel cross-entropy plus the soft Dice loss of the
+    foreground classes (MONAI's ``DiceLoss``, pooled over the batch) for ``steps`` steps. Cross-entropy alone makes
+    "background everywhere" the answer when organs are a few percent of the voxels. With ``stride`` above 1 the
+    loss against each cell's class fractions equals the voxel loss of the upsampled logits.
 
     Args:
         train_features: ``[n, N, D]`` tokens of the labelled volumes; train_labels: ``[n, H, W, D]``.
@@ -492,8 +542,10 @@ def segmentation_probe(
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
     optimiser = torch.optim.Adam(head.parameters(), lr=lr)
+    dice = DiceLoss(include_background=False, softmax=True, batch=True)
     for _ in range(steps):
-        loss = F.cross_entropy(head(train_x).view(-1, num_classes, cells**3), target)
+        logits = head(train_x).view(-1, num_classes, cells**3)
+        loss = F.cross_entropy(logits, target) + dice(logits.transpose(0, 1)[None], target.transpose(0, 1)[None])
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -567,20 +619,24 @@ def evaluate_features(name: str, features: torch.Tensor, data: ProbeData, settin
     ``class_<k>`` (per-class IoU of the token probes, per-class Dice of the segmentation head).
     """
     num_volumes, test = data.images.shape[0], slice(data.images.shape[0] - settings.num_test, None)
-    labels = token_labels(data.labels, data.num_classes, settings.min_fraction)
-    features = features.float()
+    labels = token_labels(data.labels, data.num_classes, settings.min_fraction, settings.background_fraction)
+    features, kept = features.float(), labels > 0 if settings.organs_only else labels != IGNORE
     for split, budgets in draw_splits(num_volumes, settings.num_test, settings.budgets, settings.num_splits,
                                       settings.seed):
         for budget, train in budgets.items():
             base = {"encoder": name, "budget": budget, "split": split}
-            train_x, test_x = _standardise(features[train].flatten(0, 1), features[test].flatten(0, 1))
-            train_y, test_y = labels[train].flatten(), labels[test].flatten().numpy()
-            knn = knn_classify(train_x.to(device), train_y, test_x.to(device), data.num_classes, settings.k,
-                               settings.temperature).cpu().numpy()
-            linear = linear_classify(train_x.numpy(), train_y.numpy(), test_x.numpy(), settings.linear_c)
-            for probe, prediction in (("knn", knn), ("linear", linear)):
-                score, iou = token_scores(test_y, prediction, data.num_classes)
-                yield {**base, "probe": probe, "metric": "balanced_accuracy", "score": score, **_per_class(iou)}
+            if kept[train].any() and kept[test].any():
+                train_x, test_x = _standardise(features[train][kept[train]], features[test][kept[test]])
+                train_y, test_y = labels[train][kept[train]], labels[test][kept[test]].numpy()
+                knn = knn_classify(train_x.to(device), train_y, test_x.to(device), data.num_classes, settings.k,
+                                   settings.temperature).cpu().numpy()
+                linear = linear_classify(train_x.numpy(), train_y.numpy(), test_x.numpy(), settings.linear_c)
+                for probe, prediction in (("knn", knn), ("linear", linear)):
+                    score, iou = token_scores(test_y, prediction, data.num_classes)
+                    yield {**base, "probe": probe, "metric": "balanced_accuracy", "score": score, **_per_class(iou)}
+            else:  # no organ fills min_fraction of a patch in the labelled (or held-out) volumes
+                for probe in ("knn", "linear"):
+                    yield {**base, "probe": probe, "metric": "balanced_accuracy", "score": float("nan")}
             dice = segmentation_probe(features[train].to(device), data.labels[train], features[test].to(device),
                                       data.labels[test], data.num_classes, settings.seg_steps, settings.seg_lr,
                                       settings.seg_stride)

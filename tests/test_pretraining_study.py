@@ -17,7 +17,7 @@ def test_tiny_study_pretrains_each_arm_per_seed_probes_them_and_resumes(tmp_path
     assert len(commands) == 4  # 2 pre-trained arms x 2 seeds; the random arm is the probes' init baseline
     assert sum("--seed 1" in c for c in commands) == 2 and sum("--num_local_views 8" in c for c in commands) == 2
     rows = list(csv.DictReader(open(tmp_path / "study_results.csv")))
-    assert {r["arm"] for r in rows} == {*arms, "raw+pos", "pos"} and {r["seed"] for r in rows} == {"0", "1"}
+    assert {r["arm"] for r in rows} == {*arms, "raw+pos", "oracle", "pos"} and {r["seed"] for r in rows} == {"0", "1"}
     assert {(r["probe"], r["budget"]) for r in rows} == {(p, b) for p in study.PROBES for b in ("1", "2")}
     assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows)
     assert table["knn"]["GL-MAE"][2][2] == 2  # two seeds per cell

@@ -13,7 +13,7 @@ from PIL import Image
 
 from custom_components import probes
 from custom_components.data import make_synthetic_ct, write_synthetic_dataset
-from custom_components.data.synthetic import synthetic_ct_profile
+from custom_components.data.synthetic import ORGAN_STRUCTURES, synthetic_ct_profile
 from custom_components.networks import GLMAE
 from custom_components.weights import encoder_state_dict, load_encoder, save_state_dict
 
@@ -66,6 +66,10 @@ def test_token_labels_and_positions_on_a_hand_made_volume():
     labels[0, 16:, :16, 8:] = 3
     assert probes.token_labels(labels, 4, min_fraction=0.5).tolist() == [[2, 0, 1, 0]]
     assert probes.token_labels(labels, 4, min_fraction=0.2).tolist() == [[2, 1, 1, 0]]
+    # between the fractions a token holds a sliver of an organ: neither organ nor background, left out (IGNORE)
+    assert probes.token_labels(labels, 4, 0.5, background_fraction=0.2).tolist() == [[2, probes.IGNORE, 1, 0]]
+    with pytest.raises(ValueError, match="background_fraction <= min_fraction"):
+        probes.token_labels(labels, 4, 0.2, background_fraction=0.5)
     expected = [[-0.5, -0.5, 0.0], [-0.5, 0.5, 0.0], [0.5, -0.5, 0.0], [0.5, 0.5, 0.0]]
     assert probes.token_positions((2, 2, 1)).tolist() == expected
 
@@ -117,6 +121,45 @@ def test_shuffle_layout_keeps_default_datasets_and_moves_organs():
     assert np.array_equal(np.unique(fixed), np.unique(shuffled))  # the same organs, elsewhere
 
 
+def test_organ_texture_paints_each_structure_inside_its_organ_and_nothing_else():
+    plain = make_synthetic_ct((96, 96, 80), 7, 11, varied=True, shuffle_layout=True)
+    image, label = make_synthetic_ct((96, 96, 80), 7, 11, varied=True, shuffle_layout=True, organ_texture=True)
+    assert np.array_equal(label, plain[1])  # the same organs in the same places
+    changed = image != plain[0]
+    assert changed.any() and (label[changed] > 0).all()  # structure only inside organs
+    for k in np.unique(label)[1:]:
+        inside, was = image[label == k], plain[0][label == k]
+        structure = ORGAN_STRUCTURES[(k - 1) % len(ORGAN_STRUCTURES)]
+        if structure == "homogeneous":
+            assert np.array_equal(inside, was)
+        elif structure == "gas":
+            assert (inside < -600).mean() > 0.02  # gas pockets
+        elif structure == "lobulated":
+            assert (inside < -50).mean() > 0.05  # fat clefts
+        else:  # vessels, cortex, fluid: a second intensity mode beside the organ's own
+            assert np.abs(inside.astype(float) - np.median(was)).max() > 60
+    with pytest.raises(ValueError, match="brain_mri=True writes brain MRI"):
+        write_synthetic_dataset("unused", num_classes=4, brain_mri=True, organ_texture=True)
+
+
+def test_oracle_shows_the_probe_data_can_rank_encoders_only_with_structured_organs():
+    """The positive control scores far above chance on the default probe data, and near chance when organs differ by
+    HU alone (which the contrast phase scrambles): the reason the probe data structure their organs."""
+    def linear_score(features, labels):  # 6 labelled volumes, 6 held out, organ tokens only
+        organ = labels > 0
+        train_x, test_x = probes._standardise(features[:6][organ[:6]], features[6:][organ[6:]])
+        predicted = probes.linear_classify(train_x.numpy(), labels[:6][organ[:6]].numpy(), test_x.numpy())
+        return probes.token_scores(labels[6:][organ[6:]].numpy(), predicted, 7)[0]
+
+    scores = {}
+    for texture in (True, False):
+        data = probes.synthetic_probe_data(12, (128, 128, 96), num_classes=7, organ_texture=texture)
+        labels = probes.token_labels(data.labels, 7, 0.25)
+        scores[texture] = linear_score(probes.organ_oracle_features(data.images, data.labels, 7, 0.25), labels)
+    assert scores[True] > 0.45 and scores[False] < 0.3, scores  # chance: 1/6 organs
+    assert linear_score(probes.position_features(12, probes.token_grid(data.volume_shape)), labels) < 0.3
+
+
 def test_position_alone_predicts_organs_only_in_the_fixed_layout():
     scores = {}
     for shuffle in (False, True):
@@ -166,7 +209,8 @@ def test_context_probe_reads_attributes_from_features():
 
 def test_datalist_probe_data_reads_the_synthetic_dataset_as_made(tmp_path):
     datalist = write_synthetic_dataset(tmp_path, num_volumes=2, shape=(32, 32, 16), num_classes=3, num_folds=1,
-                                       num_test=0, seed=7, varied=True, label_values=(0, 205, 420))
+                                       num_test=0, seed=7, varied=True, label_values=(0, 205, 420),
+                                       organ_texture=True)
     data = probes.datalist_probe_data(datalist, (32, 32, 16))
     made = probes.synthetic_probe_data(2, (32, 32, 16), num_classes=3, seed=7, shuffle_layout=False)
     assert torch.allclose(data.images, made.images)
@@ -191,7 +235,7 @@ def test_cli_end_to_end_writes_csv_markdown_and_png(tmp_path, capsys):
                        "--splits", "2", "--seg_steps", "5", "--out", str(out)])
     with open(out / "probe_results.csv") as f:
         rows = list(csv.DictReader(f))
-    encoders = ["tiny", "init", "raw+pos", "pos"]
+    encoders = ["tiny", "init", "raw+pos", "oracle", "pos"]
     assert [r["encoder"] for r in rows[::18]] == encoders  # per encoder: 2 splits x (2 budgets x 3 probes + 3 context)
     assert {r["probe"] for r in rows} == {"knn", "linear", "segmentation", "context:lungs", "context:phase",
                                           "context:organs"}
@@ -199,9 +243,10 @@ def test_cli_end_to_end_writes_csv_markdown_and_png(tmp_path, capsys):
     assert list(table["segmentation"]) == encoders
     markdown = (out / "probe_results.md").read_text()
     assert markdown.count("| pos |") == 4 and "| init |" in markdown and "2 labelled" in markdown
+    assert markdown.count("| oracle |") == 4 and "chance balanced accuracy 1/3" in markdown  # organ tokens only
     assert Image.open(out / "probe_results.png").size[0] > 900
     printed = capsys.readouterr().out
-    assert "[4/4] pos, split 2/2" in printed and "probe_results.{csv,md,png}" in printed
+    assert "[5/5] pos, split 2/2" in printed and "probe_results.{csv,md,png}" in printed
 
 
 @pytest.mark.parametrize("argv, message", [

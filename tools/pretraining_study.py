@@ -13,8 +13,8 @@ once per seed, with that seed):
     GL-MAE                   the full objective
 
 Every encoder of one seed is probed in one run of ``tools/probe_encoder.py`` (the same probe volumes and the same
-draws of labelled volumes for every arm, so arms are compared pairwise), whose baselines ``raw+pos`` and ``pos``
-come with it. Writes, in OUT:
+draws of labelled volumes for every arm, so arms are compared pairwise), whose baselines ``raw+pos``, ``oracle``
+(the positive control: how high a probe can score on the data) and ``pos`` come with it. Writes, in OUT:
 
     pretrain/<arm>_s<seed>/     each pre-training run: models/encoder.pt, train_log.csv, log.txt, seconds.txt
     probes/s<seed>/             each seed's probe report (probe_results.csv/.md/.png)
@@ -59,12 +59,14 @@ ARMS = {
     "GL-MAE": ([], {}),
 }
 PROBES = ("knn", "linear", "segmentation")
+REFERENCES = ("raw+pos", "oracle", "pos")  # the probe tool's baselines that are no arm (no effect is computed)
 MONITORS = ("loss_rec_local", "loss_g2g", "loss_g2l", "teacher_entropy", "teacher_marginal_entropy",
             "teacher_mutual_information", "teacher_cls_cosine")
 #: the preset: pre-training overlay and overrides, the probe tool's arguments
 PRESETS = {
     "cpu": {"pretrain": (["study_cpu.json"], {}), "num_heads": 4,
-            "probe": ["--num_volumes", "40", "--num_test", "16"]},
+            "probe": ["--num_volumes", "40", "--num_test", "16", "--volume_shape", "128", "128", "96",
+                      "--seg_stride", "4"]},  # the probe tool's defaults, spelled out
     "tiny": {  # the test suite's size: seconds per run
         "pretrain": (["study_cpu.json"], {"max_epochs": 1, "num_volumes": 3, "volume_shape": [64, 64, 48],
                                           "global_size": [48, 48, 48], "local_size": [32, 32, 32],
@@ -73,7 +75,7 @@ PRESETS = {
                                           "decoder_hidden_size": 48, "decoder_num_layers": 1, "batch_size": 1}),
         "num_heads": 4,
         "probe": ["--num_volumes", "6", "--num_test", "2", "--volume_shape", "32", "32", "32", "--budgets", "1", "2",
-                  "--splits", "2", "--seg_steps", "5"],
+                  "--splits", "2", "--seg_steps", "5", "--min_organ_fraction", "0.02"],
     },
 }
 
@@ -123,9 +125,11 @@ def seed_scores(folder: str, seed: int) -> list[dict]:
         for row in csv.DictReader(f):
             if row["probe"] in PROBES:
                 arm = RANDOM if row["encoder"] == "init" else row["encoder"]
-                draws.setdefault((arm, row["probe"], int(row["budget"])), []).append(float(row["score"]))
+                draws.setdefault((arm, row["probe"], int(row["budget"])), [])
+                if not math.isnan(float(row["score"])):  # NaN: no organ token in that draw's volumes
+                    draws[arm, row["probe"], int(row["budget"])].append(float(row["score"]))
     return [{"arm": arm, "seed": seed, "probe": p, "budget": b, "score": statistics.mean(v)}
-            for (arm, p, b), v in draws.items()]
+            for (arm, p, b), v in draws.items() if v]
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -179,7 +183,7 @@ def write_markdown(path: str, table: dict, args: argparse.Namespace, seeds: list
                     continue
                 mean, std, n = cells[b]
                 text = f"{mean:.3f} ± {std:.3f} (n={n})"
-                if arm not in (RANDOM, "raw+pos", "pos") and b in base:
+                if arm not in (RANDOM, *REFERENCES) and b in base:
                     diff, bar = effect(cells[b], base[b])
                     verdict = "above" if diff > bar else "below" if diff < -bar else "within"
                     text += f"; {diff:+.3f} vs 2σ {bar:.3f}: {verdict}"
@@ -227,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in args.seeds:
         encoders = {arm: pretrain(arm, seed, args) for arm in args.arms if ARMS[arm] is not None}
         rows += seed_scores(probe(seed, encoders, args), seed)
-    rows = [r for r in rows if r["arm"] in args.arms or r["arm"] in ("raw+pos", "pos")]
+    rows = [r for r in rows if r["arm"] in args.arms or r["arm"] in REFERENCES]
     with open(os.path.join(args.out, "study_results.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["arm", "seed", "probe", "budget", "score"])
         writer.writeheader()

@@ -2,10 +2,12 @@
 DINO), few-shot segmentation with a linear head on frozen tokens, and a volume-level context probe, for each
 encoder given and for three baselines in the same run.
 
-Baselines (``--no_baselines`` leaves out the first two; ``pos`` is always reported):
+Baselines (``--no_baselines`` leaves out the first three; ``pos`` is always reported):
 
     init      the same ViT at the pre-training's own initialisation (GLMAE weight_init="mae", --seed): 0 steps
     raw+pos   each patch's voxels average-pooled to 4³ (64 values) plus its normalised (x, y, z) position
+    oracle    the positive control, not an encoder: the histogram of the token's organ voxels around their median
+              (it reads the labels); a probe that scores it near chance cannot rank encoders on that data
     pos       the normalised position alone: what a probe scores without looking at the image
 
 Probe data: labelled synthetic CT (``--num_volumes`` varied volumes with the organ layout shuffled per volume, so
@@ -49,7 +51,8 @@ if REPO_ROOT not in sys.path:  # run as `python tools/probe_encoder.py` from a c
 
 from custom_components.probes import (  # noqa: E402
     EncoderSize, ProbeData, ProbeSettings, datalist_probe_data, draw_splits, encoder_features, evaluate_features,
-    init_encoder_state, load_frozen_encoder, position_features, raw_position_features, resolve_num_heads,
+    init_encoder_state, load_frozen_encoder, organ_oracle_features, position_features, raw_position_features,
+    resolve_num_heads,
     synthetic_probe_data, token_grid, vit_size,
 )
 from tools.plots import plot_panels  # noqa: E402
@@ -60,7 +63,7 @@ PROBE_TITLES = {"knn": "Token k-NN (DINO: cosine, k = 20, T = 0.07), balanced ac
 CONTEXT_TITLE = "## Volume context (mean-pooled tokens, cross-validated logistic regression), balanced accuracy"
 PLOT_TITLES = {"knn": "token k-NN: balanced accuracy", "linear": "token linear probe: balanced accuracy",
                "segmentation": "segmentation head: Dice"}
-BASELINES = ("init", "raw+pos", "pos")
+BASELINES = ("init", "raw+pos", "oracle", "pos")
 
 
 def parse_encoders(values: Sequence[str], names: Sequence[str]) -> list[tuple[str, str]]:
@@ -105,6 +108,8 @@ def feature_sets(args: argparse.Namespace, data: ProbeData) -> dict[str, torch.T
             vit = load_frozen_encoder(init_encoder_state(size, shape, args.seed), shape, size.num_heads)
             features[name] = encoder_features(vit, data.images, device=args.device)
         features["raw+pos"] = raw_position_features(data.images)
+        features["oracle"] = organ_oracle_features(data.images, data.labels, data.num_classes,
+                                                   args.min_organ_fraction)
     features["pos"] = position_features(data.images.shape[0], token_grid(shape))
     return features
 
@@ -113,7 +118,7 @@ def probe_data(args: argparse.Namespace) -> ProbeData:
     if args.datalist:
         return datalist_probe_data(args.datalist, args.volume_shape, args.hu_range)
     return synthetic_probe_data(args.num_volumes, args.volume_shape, args.num_classes, args.data_seed, args.hu_range,
-                                shuffle_layout=not args.fixed_layout)
+                                shuffle_layout=not args.fixed_layout, organ_texture=not args.plain_organs)
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -140,12 +145,17 @@ def _cell(stats: tuple[float, float, int] | None) -> str:
 def markdown(table: dict, data: ProbeData, args: argparse.Namespace) -> str:
     """The report: one table per budgeted probe (encoders × budgets) and one for the context probe."""
     source = (f"datalist {args.datalist}" if args.datalist else
-              f"{args.num_volumes} synthetic CT volumes ({'fixed' if args.fixed_layout else 'shuffled'} organ layout)")
+              f"{args.num_volumes} synthetic CT volumes ({'fixed' if args.fixed_layout else 'shuffled'} organ layout, "
+              f"organs {'without' if args.plain_organs else 'with'} their inner structure)")
+    classes = data.num_classes if args.all_tokens else data.num_classes - 1
+    tokens = "organ and background tokens" if args.all_tokens else "organ tokens only (which organ is it?)"
     intro = (
         f"Data: {source}, {'×'.join(map(str, data.volume_shape))} voxels, {data.num_classes} classes; the last "
-        f"{args.num_test} volumes held out; mean ± std over {args.splits} draws of the labelled volumes. Chance "
-        f"balanced accuracy: 1/{data.num_classes} = {1 / data.num_classes:.3f}. `pos` (where a token is, nothing "
-        f"else) is the floor a probe must clear; `raw+pos` and `init` are the baselines an encoder must beat."
+        f"{args.num_test} volumes held out; mean ± std over {args.splits} draws of the labelled volumes. Token "
+        f"probes: {tokens}, labelled where an organ fills {args.min_organ_fraction:g} of the patch; chance balanced "
+        f"accuracy 1/{classes} = {1 / classes:.3f}. `pos` (where a token is, nothing else) is the floor a probe "
+        f"must clear; `raw+pos` and `init` are the baselines an encoder must beat; `oracle` (it reads the labels) "
+        f"shows how high a probe can score on this data."
     )
     lines = ["# Frozen-encoder probes", "", intro, ""]
     for probe, title in PROBE_TITLES.items():
@@ -184,24 +194,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", action="append", default=[], help="name of each plain --encoder path, in order")
     parser.add_argument("--num_heads", type=int,
                         help="attention heads of the encoders (not stored in a checkpoint; default 12 for 768 wide)")
-    parser.add_argument("--no_baselines", action="store_true", help="leave out init and raw+pos (pos stays)")
+    parser.add_argument("--no_baselines", action="store_true", help="leave out init, raw+pos and oracle (pos stays)")
     parser.add_argument("--hidden_size", type=int, default=96, help="init-only runs: ViT width (default 96)")
     parser.add_argument("--mlp_dim", type=int, default=384, help="init-only runs: MLP width (default 384)")
     parser.add_argument("--num_layers", type=int, default=12, help="init-only runs: depth (default 12)")
     parser.add_argument("--datalist", help="labelled decathlon JSON (image, label) instead of synthetic data")
-    parser.add_argument("--num_volumes", type=int, default=32, help="synthetic volumes (default 32)")
+    parser.add_argument("--num_volumes", type=int, default=40, help="synthetic volumes (default 40)")
     parser.add_argument("--num_classes", type=int, default=7, help="synthetic classes incl. background (default 7)")
     parser.add_argument("--fixed_layout", action="store_true",
                         help="synthetic organs in their fixed grid cells (position then predicts the organ)")
-    parser.add_argument("--volume_shape", type=int, nargs=3, default=[64, 64, 48], help="multiples of 16")
+    parser.add_argument("--volume_shape", type=int, nargs=3, default=[128, 128, 96],
+                        help="multiples of 16 (default 128 128 96: the study preset's volumes)")
     parser.add_argument("--hu_range", type=float, nargs=2, default=[-1000.0, 1000.0], help="HU window to [0, 1]")
     parser.add_argument("--budgets", type=int, nargs="+", default=[1, 2, 4, 8], help="labelled training volumes")
     parser.add_argument("--splits", type=int, default=5, help="draws of the labelled volumes (default 5)")
     parser.add_argument("--num_test", type=int, default=16, help="held-out volumes, the last ones (default 16)")
-    parser.add_argument("--min_organ_fraction", type=float, default=0.02,
-                        help="part of a patch an organ must fill to label its token (default 0.02; 0.5: majority)")
+    parser.add_argument("--min_organ_fraction", type=float, default=0.25,
+                        help="part of a patch an organ must fill to label its token (default 0.25; 0.5: majority)")
+    parser.add_argument("--all_tokens", action="store_true",
+                        help="token probes also train and score background tokens (no organ above "
+                             "--background_fraction of the patch; tokens in between are left out)")
+    parser.add_argument("--background_fraction", type=float, default=0.02,
+                        help="with --all_tokens: a token is background below this organ part (default 0.02)")
+    parser.add_argument("--plain_organs", action="store_true",
+                        help="synthetic organs without their inner structure (HU alone tells them apart)")
     parser.add_argument("--seg_steps", type=int, default=100, help="Adam steps of the segmentation head")
-    parser.add_argument("--seg_stride", type=int, default=2, help="voxels per segmentation logit edge (1: per voxel)")
+    parser.add_argument("--seg_stride", type=int, default=4,
+                        help="voxels per segmentation logit edge (default 4; 1: per voxel)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws and of the init baseline")
     parser.add_argument("--data_seed", type=int, default=1000, help="seed of the first synthetic volume")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -217,7 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
     token_grid(args.volume_shape)
     parse_encoders(args.encoder, args.name)
     settings = ProbeSettings(budgets=tuple(args.budgets), num_splits=args.splits, num_test=args.num_test,
-                             min_fraction=args.min_organ_fraction, seg_steps=args.seg_steps,
+                             min_fraction=args.min_organ_fraction, background_fraction=args.background_fraction,
+                             organs_only=not args.all_tokens, seg_steps=args.seg_steps,
                              seg_stride=args.seg_stride, seed=args.seed)
     data = probe_data(args)
     print(f"probe data: {data.images.shape[0]} volumes {'×'.join(map(str, data.volume_shape))}, "

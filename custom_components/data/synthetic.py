@@ -17,6 +17,14 @@ drawn per volume (a permutation of the cells, from its own seeded stream), so wh
 appearance (HU, size, context) rather than on position, and a probe that knows only where a token is scores near
 chance. The default keeps every existing dataset byte-identical.
 
+``organ_texture=True`` gives every organ an inner structure of its kind, as real organs have one that the contrast
+phase does not erase: organ ``k`` is, in turn, homogeneous (spleen-like), crossed by bright vessels (liver-like),
+a bright cortex around a darker medulla (kidney-like), a fluid lumen at 0-20 HU that does not enhance inside an
+enhancing wall (gallbladder- or bladder-like), holding gas pockets (bowel-like), or lobulated by fat clefts
+(pancreas-like); ``ORGAN_STRUCTURES`` lists them. With the contrast phase of ``varied`` an organ's HU alone no
+longer tells which organ it is (organ 1 spans -22..96 HU across phases, organ 6 30..330); its structure does, as
+in real scans. The structures come from their own seeded stream, so the flag changes nothing else in a volume.
+
 Each fine-tuning task's layout is a few arguments (``SYNTHETIC_TASKS`` lists them per bundle): the class count,
 the raw values the labels hold on disk (``label_values``, e.g. MM-WHS's 205, 420, ... 850), the voxel spacing
 (anisotropic for COVID-19-20), and ``lesions=True`` for small lesion-like structures: 2-5 blobs of ground-glass HU
@@ -60,6 +68,9 @@ MIN_SIZE = 16
 LESION_HU_RANGE = (-700.0, -250.0)
 LESION_CONTEXT_ORGANS = 6  # unlabelled abdominal organs in a lesion volume
 LAYOUT_STREAM = 1  # second seed word of the shuffle_layout generator, apart from the volume's own stream
+TEXTURE_STREAM = 2  # second seed word of the organ_texture generator
+ORGAN_STRUCTURES = ("homogeneous", "vessels", "cortex", "fluid", "gas", "lobulated")  # organ k: (k - 1) % 6
+FLUID_HU = (0.0, 20.0)
 MARKER_FILE = "synthetic_dataset_args.json"
 DATALIST_FILE = "dataset.json"
 
@@ -79,7 +90,7 @@ SYNTHETIC_TASKS: dict[str, dict[str, Any]] = {
 
 def make_synthetic_ct(
     shape: Sequence[int] = (96, 96, 64), num_classes: int = 14, seed: int = 0, varied: bool = False,
-    lesions: bool = False, *, shuffle_layout: bool = False,
+    lesions: bool = False, *, shuffle_layout: bool = False, organ_texture: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Make one CT-like volume and its organ label map; each seed gives a different, deterministic volume.
 
@@ -94,6 +105,8 @@ def make_synthetic_ct(
         lesions: label 2-5 small lesions inside the lungs as class 1 (``num_classes`` must be 2) instead of organs.
         shuffle_layout: put the organs in a per-volume permutation of the grid cells (probe data, see the module
             docstring); the rest of the volume is the one this seed gives without it.
+        organ_texture: give each organ the inner structure of its kind (see the module docstring); the rest of
+            the volume is the one this seed gives without it.
 
     Returns:
         ``(image, label)``: image ``[H, W, D]`` int16 in Hounsfield units (-1000 air .. ~+730 bone) and label
@@ -129,6 +142,7 @@ def make_synthetic_ct(
     layout_rng = np.random.default_rng((seed, LAYOUT_STREAM))
     cell_of = layout_rng.permutation(num_cells) if shuffle_layout else range(num_cells)
     layout = _organ_layout(num_organs, centre, semi_axes, rng, cell_of)
+    texture_rng = np.random.default_rng((seed, TEXTURE_STREAM)) if organ_texture else None
     for k, (organ_centre, radii, rotation) in enumerate(layout, 1):
         organ_hu = np.interp(k, (1, max(num_organs, 2)), ORGAN_HU_RANGE) + rng.uniform(-3.0, 3.0)
         if not profile.present[k - 1]:
@@ -138,6 +152,10 @@ def make_synthetic_ct(
         _paint_ellipsoid(image, label, axes, organ_centre, radii * 1.25, rotation, profile.fat_hu, 0)
         organ_hu = organ_hu * profile.hu_scale + profile.hu_shift + profile.enhancement[k - 1]
         _paint_ellipsoid(image, label, axes, organ_centre, radii, rotation, organ_hu, 0 if lesions else k)
+        if texture_rng is not None:
+            structure = ORGAN_STRUCTURES[(k - 1) % len(ORGAN_STRUCTURES)]
+            _paint_structure(image, axes, organ_centre, radii, rotation, structure, organ_hu, profile.fat_hu,
+                             texture_rng)
     if lesions:
         _paint_lesions(image, label, axes, lungs, rng)
     _paint_bones(image, label, (x, y, z), radius, centre, semi_axes, ribs=profile.lungs)
@@ -179,6 +197,7 @@ def write_synthetic_dataset(
     lesions: bool = False,
     brain_mri: bool = False,
     layout: str = "msd",
+    organ_texture: bool = False,
 ) -> str:
     """Write a synthetic CT dataset as NIfTI files plus a MONAI decathlon-style ``dataset.json``.
 
@@ -208,12 +227,13 @@ def write_synthetic_dataset(
         lesions: small lung lesions as class 1 instead of organs (``num_classes`` 2), see the module docstring.
         brain_mri: brain MRI with tumours instead of CT (``num_classes`` 4, labelled, no ``label_values``).
         layout: with ``brain_mri``, ``"msd"`` (one 4D file per case) or ``"brats2021"`` (a folder per case).
+        organ_texture: organs with the inner structure of their kind (see the module docstring).
 
     Returns:
         the path of ``dataset.json``.
     """
     args = _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_folds, num_test, seed, varied,
-                           label_values, lesions, brain_mri, layout)
+                           label_values, lesions, brain_mri, layout, organ_texture)
     root = Path(out_dir).expanduser().absolute()
     if brain_mri:
         from .synthetic_mri import write_brain_mri_dataset  # it builds on this module's writers
@@ -227,14 +247,16 @@ def write_synthetic_dataset(
     affine = _affine(args["shape"], args["spacing"])
     images, labels = [], []
     for index in range(num_volumes):
-        image, label = make_synthetic_ct(args["shape"], num_classes, seed + index, varied, lesions)
+        image, label = make_synthetic_ct(args["shape"], num_classes, seed + index, varied, lesions,
+                                         organ_texture=organ_texture)
         images.append(_save_nifti(image, affine, root / "imagesTr" / f"case_{index:04d}.nii.gz", root))
         if labelled:
             label = (label if values is None else values[label]).astype(label_dtype)
             labels.append(_save_nifti(label, affine, root / "labelsTr" / f"case_{index:04d}.nii.gz", root))
     testing = []
     for index in range(num_test):
-        image, _ = make_synthetic_ct(args["shape"], num_classes, seed + num_volumes + index, varied, lesions)
+        image, _ = make_synthetic_ct(args["shape"], num_classes, seed + num_volumes + index, varied, lesions,
+                                     organ_texture=organ_texture)
         testing.append({"image": _save_nifti(image, affine, root / "imagesTs" / f"test_{index:04d}.nii.gz", root)})
     if lesions:
         names = ["lesion"]
@@ -420,6 +442,47 @@ def _paint_ellipsoid(image, label, axes, centre, radii, rotation, hu: float, val
     label[box][inside] = value
 
 
+def _paint_structure(image, axes, centre, radii, rotation, structure: str, hu: float, fat_hu: float,
+                     rng: np.random.Generator) -> None:
+    """Paint ``structure`` (one of ``ORGAN_STRUCTURES``) inside an organ ellipsoid already painted at ``hu``; the
+    label stays the organ's (a segmentation holds the lumen, the gas and the clefts of its organ)."""
+    reach = radii.max()
+    box = tuple(
+        slice(np.searchsorted(a, c - reach), np.searchsorted(a, c + reach, side="right"))
+        for a, c in zip(axes, centre)
+    )
+    local = np.meshgrid(*(a[s] - c for a, s, c in zip(axes, box, centre)), indexing="ij")
+    unit = (np.stack(local, axis=-1) @ rotation) / radii  # the organ's own frame, the organ is the unit ball
+    radius = np.sqrt((unit**2).sum(-1))
+    inside, region = radius <= 1.0, image[box]
+    if structure == "vessels":  # 5-8 bright tubes through the organ (enhancing vessels)
+        vessel = np.zeros(radius.shape, dtype=bool)
+        for _ in range(rng.integers(5, 9)):
+            direction = rng.normal(size=3)
+            direction /= np.linalg.norm(direction)
+            offset = unit - rng.uniform(-0.5, 0.5, 3)
+            along = offset @ direction
+            vessel |= np.sqrt(np.maximum((offset**2).sum(-1) - along**2, 0.0)) <= rng.uniform(0.1, 0.16)
+        region[inside & vessel] = hu + rng.uniform(120.0, 200.0)
+    elif structure == "cortex":  # bright cortex around a darker medulla
+        core = rng.uniform(0.5, 0.65)
+        region[inside & (radius > core)] = hu + rng.uniform(80.0, 140.0)
+        region[inside & (radius <= core)] = hu - rng.uniform(40.0, 80.0)
+    elif structure == "fluid":  # a lumen of fluid inside an enhancing wall; fluid does not follow the phase
+        region[radius <= rng.uniform(0.7, 0.8)] = rng.uniform(*FLUID_HU)
+    elif structure == "gas":  # 5-8 gas pockets
+        for _ in range(rng.integers(5, 9)):
+            pocket = rng.uniform(-0.55, 0.55, 3)
+            region[inside & (np.sqrt(((unit - pocket) ** 2).sum(-1)) <= rng.uniform(0.15, 0.3))] = rng.uniform(
+                -950.0, -700.0)
+    elif structure == "lobulated":  # fat clefts between lobules
+        frequency, phase = rng.uniform(2.5, 4.0, 3) * np.pi, rng.uniform(0.0, 2.0 * np.pi, 3)
+        lobes = np.prod(np.sin(unit * frequency + phase), axis=-1)
+        region[inside & (np.abs(lobes) < 0.15)] = fat_hu
+    elif structure != "homogeneous":
+        raise ValueError(f"structure must be one of {ORGAN_STRUCTURES}, got {structure!r}.")
+
+
 def _affine(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
     """RAS affine ``[4, 4]`` with ``spacing`` on the diagonal and the volume centred on the world origin."""
     affine = np.diag([*spacing, 1.0])
@@ -441,12 +504,13 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, root: Path) -
 _DEFAULTS = {
     "num_volumes": 8, "shape": (96, 96, 64), "spacing": (1.5, 1.5, 2.0), "num_classes": 14, "labelled": True,
     "num_folds": 5, "num_test": 2, "seed": 0, "varied": False, "label_values": None, "lesions": False,
-    "brain_mri": False, "layout": "msd",
+    "brain_mri": False, "layout": "msd", "organ_texture": False,
 }  # fmt: skip
 
 
 def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_folds, num_test, seed,
-                    varied=False, label_values=None, lesions=False, brain_mri=False, layout="msd") -> dict[str, Any]:
+                    varied=False, label_values=None, lesions=False, brain_mri=False, layout="msd",
+                    organ_texture=False) -> dict[str, Any]:
     """Validate the dataset arguments and return them JSON-ready (lists for sequences)."""
     if isinstance(num_volumes, bool) or not isinstance(num_volumes, int) or num_volumes < 1:
         raise ValueError(f"num_volumes must be a positive int, got {num_volumes!r}.")
@@ -454,7 +518,9 @@ def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_fold
         raise ValueError(f"num_folds must be an int in 1..num_volumes={num_volumes}, got {num_folds!r}.")
     if isinstance(num_test, bool) or not isinstance(num_test, int) or num_test < 0:
         raise ValueError(f"num_test must be a non-negative int, got {num_test!r}.")
-    for name, flag in (("labelled", labelled), ("varied", varied), ("lesions", lesions), ("brain_mri", brain_mri)):
+    flags = ("labelled", labelled), ("varied", varied), ("lesions", lesions), ("brain_mri", brain_mri), (
+        "organ_texture", organ_texture)
+    for name, flag in flags:
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be a bool, got {flag!r}.")
     spacing = tuple(float(s) for s in spacing) if isinstance(spacing, Sequence) else ()
@@ -466,6 +532,9 @@ def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_fold
         raise ValueError(f"lesions=True labels one class (lesion), so num_classes must be 2, got {num_classes}.")
     if brain_mri:
         _check_brain_mri_args(num_classes, labelled, varied, lesions, label_values, layout)
+        if organ_texture:
+            raise ValueError("organ_texture=True structures CT organs; brain_mri=True writes brain MRI, which has "
+                             "none.")
     if label_values is not None:
         values = list(label_values) if isinstance(label_values, (Sequence, np.ndarray)) else []
         valid = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 65535 for v in values)
@@ -478,6 +547,7 @@ def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_fold
         "num_classes": num_classes, "labelled": labelled, "num_folds": num_folds, "num_test": num_test, "seed": seed,
         **({"varied": True} if varied else {}), **({"label_values": label_values} if label_values else {}),
         **({"lesions": True} if lesions else {}), **({"brain_mri": True, "layout": layout} if brain_mri else {}),
+        **({"organ_texture": True} if organ_texture else {}),
     }  # fmt: skip
 
 
