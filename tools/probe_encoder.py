@@ -10,10 +10,11 @@ Baselines (``--no_baselines`` leaves out the first three; ``pos`` is always repo
               (it reads the labels); a probe that scores it near chance cannot rank encoders on that data
     pos       the normalised position alone: what a probe scores without looking at the image
 
-Probe data: labelled synthetic CT (``--num_volumes`` varied volumes with the organ layout shuffled per volume, so
-organ identity depends on appearance, not position) or a labelled datalist (``--datalist``), HU windowed like
-pre-training input. The last ``--num_test`` volumes are held out: nothing is trained or chosen on them. Each probe
-is trained on ``--budgets`` labelled volumes, drawn ``--splits`` times. Writes
+Probe data: labelled synthetic CT (``--num_volumes`` varied volumes with the organ layout shuffled per volume and
+organs that carry the inner structure of their kind, so organ identity depends on appearance, not position) or a
+labelled datalist (``--datalist``), HU windowed like pre-training input. The last ``--num_test`` volumes are held
+out: nothing is trained or chosen on them. Each probe is trained on ``--budgets`` labelled volumes, drawn
+``--splits`` times. Token probes score organ tokens only (``--all_tokens`` adds background). Writes
 
     OUT/probe_results.csv   one row per encoder × probe × budget × split: the score and per-class IoU / Dice
     OUT/probe_results.md    mean ± std over splits per encoder, probe and budget (pos row in every table)
@@ -25,11 +26,10 @@ is trained on ``--budgets`` labelled volumes, drawn ``--splits`` times. Writes
     python tools/probe_encoder.py --encoder vit_b.pt --datalist /data/btcv/dataset_0.json --volume_shape 96 96 96 \\
         --device cuda --out probe_btcv
 
-Runtime at the defaults (32 volumes of 64×64×48, 7 classes, 5 splits, budgets 1/2/4/8), measured on 2 CPU cores
-(AMD EPYC, under load from other processes): 84 s for one 96-wide 12-layer encoder plus the baselines (93 s wall clock
-with the imports), 50 s for the baselines alone (140 s while another process kept both cores busy); about 4 s per
-feature set and split, most of it the segmentation head and the logistic regressions. On a GPU pass
-``--device cuda`` (features, k-NN and the segmentation head move there; scikit-learn stays on the CPU).
+Runtime at the defaults (40 volumes of 128×128×96, 7 classes, 5 splits, budgets 1/2/4/8), measured on 2 CPU cores
+(AMD EPYC, nothing else running): about 56 s per feature set (395 s for three 96-wide encoders and the four
+baselines), most of it the segmentation head and the logistic regressions; making the volumes takes 22 s. On a GPU
+pass ``--device cuda`` (features, k-NN and the segmentation head move there; scikit-learn stays on the CPU).
 """
 
 from __future__ import annotations
