@@ -428,16 +428,22 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def _paint_ellipsoid(image, label, axes, centre, radii, rotation, hu: float, value: int) -> None:
-    """Set ``image`` to ``hu`` and ``label`` to ``value`` inside a rotated ellipsoid (normalised coordinates)."""
+def _ellipsoid_frame(axes, centre, radii, rotation) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The bounding box (slices into the volume) of a rotated ellipsoid and its voxels' coordinates ``[..., 3]`` in
+    the ellipsoid's own frame, scaled so that the ellipsoid is the unit ball."""
     reach = radii.max()
     box = tuple(
         slice(np.searchsorted(a, c - reach), np.searchsorted(a, c + reach, side="right"))
         for a, c in zip(axes, centre)
     )
     local = np.meshgrid(*(a[s] - c for a, s, c in zip(axes, box, centre)), indexing="ij")
-    offsets = np.stack(local, axis=-1) @ rotation  # coordinates in the ellipsoid's own frame
-    inside = (((offsets / radii) ** 2).sum(-1)) <= 1.0
+    return box, (np.stack(local, axis=-1) @ rotation) / radii
+
+
+def _paint_ellipsoid(image, label, axes, centre, radii, rotation, hu: float, value: int) -> None:
+    """Set ``image`` to ``hu`` and ``label`` to ``value`` inside a rotated ellipsoid (normalised coordinates)."""
+    box, unit = _ellipsoid_frame(axes, centre, radii, rotation)
+    inside = (unit**2).sum(-1) <= 1.0
     image[box][inside] = hu
     label[box][inside] = value
 
@@ -446,13 +452,7 @@ def _paint_structure(image, axes, centre, radii, rotation, structure: str, hu: f
                      rng: np.random.Generator) -> None:
     """Paint ``structure`` (one of ``ORGAN_STRUCTURES``) inside an organ ellipsoid already painted at ``hu``; the
     label stays the organ's (a segmentation holds the lumen, the gas and the clefts of its organ)."""
-    reach = radii.max()
-    box = tuple(
-        slice(np.searchsorted(a, c - reach), np.searchsorted(a, c + reach, side="right"))
-        for a, c in zip(axes, centre)
-    )
-    local = np.meshgrid(*(a[s] - c for a, s, c in zip(axes, box, centre)), indexing="ij")
-    unit = (np.stack(local, axis=-1) @ rotation) / radii  # the organ's own frame, the organ is the unit ball
+    box, unit = _ellipsoid_frame(axes, centre, radii, rotation)
     radius = np.sqrt((unit**2).sum(-1))
     inside, region = radius <= 1.0, image[box]
     if structure == "vessels":  # 5-8 bright tubes through the organ (enhancing vessels)
