@@ -7,6 +7,8 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -143,7 +145,7 @@ def test_ensure_synthetic_dataset_is_idempotent_and_regenerates(tmp_path, caplog
         first = ensure_synthetic_dataset(tmp_path, **kwargs)
     assert "wrote 2 labelled training volumes" in caplog.text
     before = _mtimes(tmp_path)
-    assert len(before) == 2 + 2 + 1 + 2  # images, labels, test image, dataset.json, marker
+    assert len(before) == 2 + 2 + 1 + 2 + 1  # images, labels, test image, dataset.json, marker, writer lock
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="custom_components"):
@@ -159,6 +161,38 @@ def test_ensure_synthetic_dataset_is_idempotent_and_regenerates(tmp_path, caplog
     (tmp_path / "labelsTr" / "case_0001.nii.gz").unlink()  # a listed file is gone: regenerated
     ensure_synthetic_dataset(tmp_path, **{**kwargs, "seed": 5})
     assert (tmp_path / "labelsTr" / "case_0001.nii.gz").is_file()
+
+
+def test_ensure_synthetic_dataset_waits_for_a_writer_in_progress_and_reuses_its_dataset(tmp_path, monkeypatch, caplog):
+    """Under torchrun every rank calls ensure_synthetic_dataset on the same folder: a second caller must wait for the
+    first writer and reuse its files, not read (or rewrite) them while they are half-written."""
+    from custom_components.data import synthetic
+
+    save, started, finished = synthetic._save_nifti, threading.Event(), threading.Event()
+
+    def slow_first_writer(*args):
+        written = save(*args)
+        if threading.current_thread() is writer and not started.is_set():
+            started.set()
+            time.sleep(1.5)  # the first writer is mid-dataset
+        return written
+
+    def write():
+        ensure_synthetic_dataset(tmp_path, **kwargs)
+        finished.set()
+
+    kwargs = {"num_volumes": 2, "shape": TINY, "num_folds": 2, "num_test": 0}
+    monkeypatch.setattr(synthetic, "_save_nifti", slow_first_writer)
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert started.wait(30)
+    with caplog.at_level(logging.INFO, logger="custom_components"):
+        datalist = ensure_synthetic_dataset(tmp_path, **kwargs)
+    assert finished.is_set(), "the second caller returned while the first was still writing the dataset"
+    writer.join()
+    assert "reusing the synthetic dataset" in caplog.text
+    for entry in load_datalist(datalist, "training", keys=("image", "label")):
+        assert nib.load(entry["image"]).shape == TINY
 
 
 def test_ensure_synthetic_dataset_rejects_unknown_arguments(tmp_path):

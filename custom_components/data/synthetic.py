@@ -46,6 +46,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from filelock import FileLock
 
 from .brats import BRATS_LAYOUTS
 from .datalist import load_datalist, training_entries, write_decathlon_json
@@ -73,6 +74,7 @@ ORGAN_STRUCTURES = ("homogeneous", "vessels", "cortex", "fluid", "gas", "lobulat
 FLUID_HU = (0.0, 20.0)
 MARKER_FILE = "synthetic_dataset_args.json"
 DATALIST_FILE = "dataset.json"
+LOCK_FILE = ".synthetic_dataset.lock"
 
 
 #: The synthetic layout of each fine-tuning bundle: arguments of :func:`write_synthetic_dataset`.
@@ -300,13 +302,24 @@ def ensure_synthetic_dataset(out_dir: str | os.PathLike, **kwargs: Any) -> str:
     args = _validated_args(**call)
     root = Path(out_dir).expanduser().absolute()
     marker, datalist = root / MARKER_FILE, root / DATALIST_FILE
-    if _is_complete(marker, datalist, args):
-        logger.info(f"reusing the synthetic dataset in {root} (same arguments {args})")
-        return str(datalist)
-    marker.unlink(missing_ok=True)
-    written = write_synthetic_dataset(root, **call)
-    marker.write_text(json.dumps(args, indent=2) + "\n")
+    with writer_lock(root):
+        if _is_complete(marker, datalist, args):
+            logger.info(f"reusing the synthetic dataset in {root} (same arguments {args})")
+            return str(datalist)
+        marker.unlink(missing_ok=True)
+        written = write_synthetic_dataset(root, **call)
+        marker.write_text(json.dumps(args, indent=2) + "\n")
     return written
+
+
+def writer_lock(root: Path) -> FileLock:
+    """A lock on the dataset folder ``root`` (created) that makes one process at a time check and write it.
+
+    Under ``torchrun`` every rank evaluates the bundle's config and so calls ``ensure_*`` on the same folder; the
+    others wait on this lock and then reuse what the first one wrote, instead of reading half-written files.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    return FileLock(root / LOCK_FILE)
 
 
 def _is_complete(marker: Path, datalist: Path, args: dict[str, Any]) -> bool:

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from .classification import load_classification_datalist, write_classification_datalist
+from .synthetic import writer_lock
 
 __all__ = ["CCCCII_CLASSES", "ensure_synthetic_classification_dataset", "make_synthetic_scan",
            "write_synthetic_classification_dataset"]
@@ -164,16 +165,17 @@ def ensure_synthetic_classification_dataset(out_dir: str | os.PathLike, **kwargs
     ``"$custom_components.data.ensure_synthetic_classification_dataset(@dataset_dir, num_patients=30)"``."""
     root = Path(out_dir).expanduser().absolute()
     marker, datalist = root / MARKER_FILE, root / DATALIST_FILE
-    try:
-        if json.loads(marker.read_text()) == kwargs:
-            load_classification_datalist(datalist, "training", CCCCII_CLASSES)
-            logger.info(f"reusing the synthetic classification dataset in {root}")
-            return str(datalist)
-    except (OSError, ValueError):
-        pass
-    marker.unlink(missing_ok=True)
-    written = write_synthetic_classification_dataset(root, **kwargs)
-    marker.write_text(json.dumps(kwargs, indent=2) + "\n")
+    with writer_lock(root):
+        try:
+            if json.loads(marker.read_text()) == kwargs:
+                load_classification_datalist(datalist, "training", CCCCII_CLASSES)
+                logger.info(f"reusing the synthetic classification dataset in {root}")
+                return str(datalist)
+        except (OSError, ValueError):
+            pass
+        marker.unlink(missing_ok=True)
+        written = write_synthetic_classification_dataset(root, **kwargs)
+        marker.write_text(json.dumps(kwargs, indent=2) + "\n")
     return written
 
 
