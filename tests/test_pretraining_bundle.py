@@ -10,13 +10,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_utils import error_chain, make_workflow, mlflow_run, run_torchrun, run_workflow, tracked
+from bundle_utils import error_chain, make_workflow, mlflow_run, run_error, run_torchrun, run_workflow, tracked
 from ignite.engine import Events
 from monai.data import ThreadDataLoader
 from monai.networks.nets import UNETR
 from monai.transforms import EnsureTyped
 
 from custom_components.data import write_synthetic_dataset
+from custom_components.handlers import read_embeddings
+from custom_components.handlers.features import feature_affine
+from custom_components.networks import GLMAEFeatureEncoder
 from custom_components.weights import load_encoder
 
 BUNDLE = "glmae_pretraining"
@@ -34,15 +37,16 @@ def tiny_workflow(tmp_path, **override):
 def test_pretraining_runs_two_epochs_and_writes_outputs(tmp_path):
     workflow = run_workflow(tiny_workflow(tmp_path, **tracked(tmp_path)))
     models = tmp_path / "models"
-    model = torch.load(models / "model.pt", weights_only=True)
-    assert "encoder.cls_token" in model and any(k.startswith("decoder.") for k in model)
+    # model.pt (what inference.json's network loads) holds the same encoder tensors as encoder.pt
+    model, encoder = (torch.load(models / name, weights_only=True) for name in ("model.pt", "encoder.pt"))
+    assert model.keys() == encoder.keys() and all(torch.equal(model[k], encoder[k]) for k in model)
     # encoder.pt loads into a UNETR of the same size with every encoder tensor
     unetr = UNETR(1, 14, (64, 64, 64), hidden_size=48, mlp_dim=96, num_heads=4, qkv_bias=True)
     report = load_encoder(unetr, str(models / "encoder.pt"))
     assert not report.unexpected and all("norm_cross_attn" in k for k in report.missing)
-    assert torch.equal(unetr.vit.blocks[3].attn.qkv.weight, model["encoder.blocks.3.attn.qkv.weight"])
     checkpoint = torch.load(glob.glob(str(models / "checkpoint_*epoch=2.pt"))[0], weights_only=True)
     assert {"model", "teacher", "loss", "optimizer", "lr_scheduler", "trainer"} <= set(checkpoint)
+    assert torch.equal(unetr.vit.blocks[3].attn.qkv.weight, checkpoint["model"]["encoder.blocks.3.attn.qkv.weight"])
     assert checkpoint["trainer"]["iteration"] == 4  # 3 volumes, batch 2, 2 epochs
     assert sorted(os.listdir(tmp_path / "runs" / "previews")) == ["preview_epoch_0001.png", "preview_epoch_0002.png"]
     assert glob.glob(str(tmp_path / "runs" / "events.out.tfevents.*"))
@@ -55,6 +59,65 @@ def test_pretraining_runs_two_epochs_and_writes_outputs(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "runs" / "train_log.csv")))
     for column in ("loss_rec_local", "loss_g2g", "loss_g2l", "teacher_entropy", "teacher_cls_cosine"):
         assert history[column] == pytest.approx([float(row[column]) for row in rows], rel=1e-4), column
+
+    # the trained encoder's features: embeddings of every volume and their token maps, from inference.json
+    features = tmp_path / "features"
+    run_workflow(feature_workflow(tmp_path, features, save_feature_maps=True))
+    embeddings, index = read_embeddings(features)
+    cls, _ = read_embeddings(features, cls=True)
+    assert embeddings.shape == cls.shape == (3, 48) and np.isfinite(embeddings).all()
+    assert [row["case"] for row in index] == ["case_0000", "case_0001", "case_0002"]
+    assert np.abs(embeddings[0] - embeddings[1]).max() > 1e-3  # not one vector for every volume
+    feature_map = nib.load(features / index[0]["feature_map"])
+    image = nib.load(tmp_path / "data" / "imagesTr" / "case_0000.nii.gz")
+    assert feature_map.shape == (4, 4, 3, 48) and index[0]["grid"] == "4x4x3"  # 64 x 64 x 48 at patch 16
+    np.testing.assert_allclose(feature_map.affine, feature_affine(image.affine, 16), atol=1e-4)
+    np.testing.assert_allclose(feature_map.get_fdata().mean(axis=(0, 1, 2)), embeddings[0], rtol=1e-4, atol=1e-5)
+
+
+def feature_workflow(tmp_path, output_dir, **override):
+    """inference.json with the tiny sizes on the synthetic data of tiny_workflow (or a datalist given)."""
+    args = dict(synthetic_data_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"), output_dir=str(output_dir),
+                num_volumes=3, volume_shape=[64, 64, 48], device="cpu", num_workers=0, amp=False,
+                hidden_size=48, mlp_dim=96, num_heads=4) | override
+    return make_workflow(BUNDLE, ["inference.json", "quickstart.json"], workflow_type="infer", **args)
+
+
+def fresh_model(tmp_path, **sizes) -> None:
+    """models/model.pt of an untrained feature network of the quickstart's layout at the tiny sizes (or ``sizes``)."""
+    network = GLMAEFeatureEncoder(img_size=32, **({"hidden_size": 48, "mlp_dim": 96, "num_heads": 4} | sizes))
+    (tmp_path / "models").mkdir(exist_ok=True)
+    torch.save(network.state_dict(), tmp_path / "models" / "model.pt")
+
+
+def test_features_of_an_image_smaller_than_the_window_are_padded_and_the_file_named(tmp_path, capsys):
+    fresh_model(tmp_path)
+    small = tmp_path / "small.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((24, 40, 20), 40, np.int16), np.eye(4)), str(small))
+    datalist = write_datalist(tmp_path, [{"image": str(small)}])
+    run_workflow(feature_workflow(tmp_path, tmp_path / "features", datalist=datalist, save_feature_maps=True))
+    assert f"WARNING - image '{small}' is [24, 40, 20] voxels after preprocessing, smaller than the window " \
+        f"[32, 32, 32]: padded to the window" in capsys.readouterr().out  # the bundle's logging.conf: stdout
+    embeddings, index = read_embeddings(tmp_path / "features")
+    assert embeddings.shape == (1, 48) and index[0]["grid"] == "2x3x2"  # padded to 32 x 48 x 32
+
+
+def test_features_of_an_image_with_another_channel_count_name_the_file(tmp_path):
+    fresh_model(tmp_path)
+    two = tmp_path / "two_channels.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 32, 2), np.int16), np.eye(4)), str(two))
+    workflow = feature_workflow(tmp_path, tmp_path / "features", datalist=write_datalist(tmp_path, [{"image": str(two)}]))
+    assert "two_channels.nii.gz' (key 'image') has 2 channels" in run_error(workflow)
+
+
+def test_features_from_a_checkpoint_of_other_sizes_say_which_sizes(tmp_path):
+    fresh_model(tmp_path, hidden_size=96, mlp_dim=192)
+    workflow = feature_workflow(tmp_path, tmp_path / "features")
+    with pytest.raises(Exception) as info:
+        workflow.initialize()
+    message = error_chain(info.value)
+    assert f"model checkpoint '{tmp_path / 'models' / 'model.pt'}' does not fit the network" in message
+    assert "It was trained with other size ids (--hidden_size 96, --mlp_dim 192)" in message
 
 
 def test_default_config_is_the_paper_configuration():

@@ -31,8 +31,8 @@ pass when ``max |exported - pytorch| <= TOLERANCE * max |pytorch|``.
 Weights: ``models/model.pt`` of the bundle when it exists (or ``--ckpt``); otherwise the freshly initialised
 network (seed 0) is saved to a temporary file and exported: the checks then say that the network exports, not what
 trained weights predict. ``--sizes quickstart`` takes the ROI and the model sizes from ``configs/quickstart.json``
-(what ``tools/quickstart.py`` trains), so a quickstart ``models/model.pt`` fits. A bundle listed in
-:data:`NO_INFERENCE_NETWORK` has no inference network: its network checks are reported as excluded, with the reason.
+(what ``tools/quickstart.py`` trains), so a quickstart ``models/model.pt`` fits. The pre-training bundle's inference
+network is its encoder (``GLMAEFeatureEncoder``, features per patch); its output channels follow ``hidden_size``.
 """
 
 from __future__ import annotations
@@ -85,21 +85,17 @@ NET_ID = "network_def"
 TOLERANCE = 1e-4
 CHECKS = ("files", "changelog", "schema", "pins", "json format", "properties", "net in/out", "torchscript", "onnx")
 NETWORK_CHECKS = ("net in/out", "torchscript", "onnx")
-#: bundles without an inference network, with the reason: their network checks are excluded (the model zoo keeps
-#: such exclusion lists too) and they need no configs/inference.json.
-NO_INFERENCE_NETWORK = {
-    "glmae_pretraining": "no inference network: GLMAE.forward takes masked global and local views and returns a "
-    "dict of reconstructions, masks and embeddings for the training losses; the bundle's product is "
-    "models/encoder.pt, which the fine-tuning bundles load and whose networks these checks cover",
-}
+#: an output of this format is one vector per patch, ``num_channels`` a multiple of the encoder's ``hidden_size``
+#: (twice it with the CLS token): ``--sizes quickstart`` scales it with the hidden size.
+FEATURE_FORMAT = "embedding"
 
-__all__ = ["CHECKS", "NO_INFERENCE_NETWORK", "TOLERANCE", "CheckResult", "compare_outputs", "format_json",
+__all__ = ["CHECKS", "FEATURE_FORMAT", "TOLERANCE", "CheckResult", "compare_outputs", "format_json",
            "onnx_output", "verify_bundle"]
 
 
 @dataclass
 class CheckResult:
-    """One check of one bundle: ``status`` is ``pass``, ``fail`` or ``excluded``; ``detail`` says what was found."""
+    """One check of one bundle: ``status`` is ``pass`` or ``fail``; ``detail`` says what was found."""
 
     bundle: str
     check: str
@@ -153,12 +149,11 @@ def config_files(bundle: Bundle) -> list[str]:
 
 
 def check_files(bundle: Bundle) -> str:
-    wanted = [f for f in REQUIRED_FILES if not (f == "configs/inference.json" and bundle.name in NO_INFERENCE_NETWORK)]
-    missing = [f for f in wanted if not os.path.isfile(bundle.path(f))]
+    missing = [f for f in REQUIRED_FILES if not os.path.isfile(bundle.path(f))]
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
     weights = "models/model.pt present" if os.path.isfile(bundle.path("models/model.pt")) else "no models/model.pt"
-    return f"{len(wanted)} files; {weights}"
+    return f"{len(REQUIRED_FILES)} files; {weights}"
 
 
 def check_changelog(bundle: Bundle) -> str:
@@ -263,9 +258,7 @@ def missing_properties(config: str, meta_file: str, workflow_type: str) -> list[
 
 
 def check_properties(bundle: Bundle) -> str:
-    kinds = [("configs/train.json", "train")]
-    if bundle.name not in NO_INFERENCE_NETWORK:
-        kinds.append(("configs/inference.json", "infer"))
+    kinds = [("configs/train.json", "train"), ("configs/inference.json", "infer")]
     problems = []
     for config, kind in kinds:
         missing = missing_properties(bundle.path(config), bundle.meta_file, kind)
@@ -286,12 +279,14 @@ def network_overrides(bundle: Bundle, sizes: str, overrides: Mapping | None) -> 
         quickstart, inference = bundle.read_json("configs/quickstart.json"), bundle.read_json("configs/inference.json")
         result = {k: quickstart[k] for k in SIZE_IDS if k in quickstart and k in inference}
     result |= dict(overrides or {})
+    io, prefix = bundle.metadata()["network_data_format"], "_meta_#network_data_format"
     if "roi_size" in result:
-        io = bundle.metadata()["network_data_format"]
-        prefix = "_meta_#network_data_format"
         result[f"{prefix}#inputs#image#spatial_shape"] = result["roi_size"]
         if io["outputs"]["pred"].get("spatial_shape") == io["inputs"]["image"]["spatial_shape"]:
             result[f"{prefix}#outputs#pred#spatial_shape"] = result["roi_size"]
+    if "hidden_size" in result and io["outputs"]["pred"].get("format") == FEATURE_FORMAT:
+        per_unit = io["outputs"]["pred"]["num_channels"] // bundle.read_json("configs/inference.json")["hidden_size"]
+        result[f"{prefix}#outputs#pred#num_channels"] = per_unit * result["hidden_size"]
     return result
 
 
@@ -458,9 +453,6 @@ def verify_bundle(folder: str, sizes: str = "config", overrides: Mapping | None 
         ("json format", lambda: check_json_format(bundle)),
         ("properties", lambda: check_properties(bundle)),
     )]
-    if bundle.name in NO_INFERENCE_NETWORK:
-        return results + [CheckResult(bundle.name, c, "excluded", NO_INFERENCE_NETWORK[bundle.name])
-                          for c in NETWORK_CHECKS]
     with tempfile.TemporaryDirectory(prefix="verify_bundle_") as scratch:
         bundle.export_dir = export_dir or scratch
         os.makedirs(bundle.export_dir, exist_ok=True)
@@ -526,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
                                  verbose=args.verbose)
     print_table(results)
     failed = [r for r in results if r.status == "fail"]
-    print(f"{len(results) - len(failed)} of {len(results)} checks passed or excluded, {len(failed)} failed, "
+    print(f"{len(results) - len(failed)} of {len(results)} checks passed, {len(failed)} failed, "
           f"{len(folders)} bundles in {time.perf_counter() - start:.0f} s")
     return 1 if failed else 0
 

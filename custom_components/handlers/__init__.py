@@ -3,6 +3,7 @@ from custom_components.handlers.checkpoint import (
 )
 from custom_components.handlers.classification import ConfusionMatrixSaver, ProbabilityCSVSaver
 from custom_components.handlers.export import EncoderExport
+from custom_components.handlers.features import FeatureWriter, read_embeddings
 from custom_components.handlers.metrics_saver import MetricsSaver
 from custom_components.handlers.preview import ReconstructionPreview
 from custom_components.handlers.progress import ProgressBarHandler, log_epoch_metrics
@@ -11,8 +12,8 @@ from custom_components.handlers.training_log import TrainingLog, read_training_l
 from custom_components.handlers.validation_log import ValidationLog
 
 __all__ = [
-    "ConfusionMatrixSaver", "EncoderExport", "MetricsSaver", "ModelCheckpointLoader", "ProbabilityCSVSaver",
-    "ProgressBarHandler", "ReconstructionPreview", "SeedEachEpoch", "TrainingCheckpointLoader",
+    "ConfusionMatrixSaver", "EncoderExport", "FeatureWriter", "MetricsSaver", "ModelCheckpointLoader",
+    "ProbabilityCSVSaver", "ProgressBarHandler", "ReconstructionPreview", "SeedEachEpoch", "TrainingCheckpointLoader",
     "TrainingCheckpointSaver", "TrainingLog", "ValidationLog", "latest_checkpoint", "log_epoch_metrics",
-    "read_training_log",
+    "read_embeddings", "read_training_log",
 ]

@@ -129,11 +129,11 @@ class TrainingCheckpointLoader(CheckpointLoader):
 
 
 #: size ids of the segmentation configs and the weight whose shape shows each: (id, key, dim).
-SIZE_IDS = (("hidden_size", "vit.patch_embedding.patch_embeddings.weight", 0),
-            ("in_channels", "vit.patch_embedding.patch_embeddings.weight", 1),
-            ("mlp_dim", "vit.blocks.0.mlp.linear1.weight", 0),
+SIZE_IDS = (("hidden_size", "patch_embedding.patch_embeddings.weight", 0),
+            ("in_channels", "patch_embedding.patch_embeddings.weight", 1),
+            ("mlp_dim", "blocks.0.mlp.linear1.weight", 0),
             ("feature_size", "encoder1.layer.conv1.conv.weight", 0),
-            ("num_classes", "out.conv.conv.weight", 0))
+            ("num_classes", "out.conv.conv.weight", 0))  # (size id, key or key suffix, dim): UNETR's keys start vit.
 MAX_LISTED_TENSORS = 3
 
 
@@ -172,8 +172,11 @@ class ModelCheckpointLoader(CheckpointLoader):
         state = state.get("model", state) if isinstance(state, dict) else state
         shapes = [f"{k} {list(v.shape)} in the file, {list(wanted[k].shape)} in the network"
                   for k, v in state.items() if k in wanted and v.shape != wanted[k].shape]
-        trained = {name: int(state[key].shape[dim]) for name, key, dim in SIZE_IDS
-                   if key in state and key in wanted and state[key].shape[dim] != wanted[key].shape[dim]}
+        trained = {}
+        for name, suffix, dim in SIZE_IDS:
+            key = next((k for k in state if k in wanted and (k == suffix or k.endswith(f".{suffix}"))), None)
+            if key is not None and state[key].shape[dim] != wanted[key].shape[dim]:
+                trained[name] = int(state[key].shape[dim])
         missing, unexpected = sorted(wanted.keys() - state.keys()), sorted(state.keys() - wanted.keys())
         if shapes:
             more = f"; and {len(shapes) - MAX_LISTED_TENSORS} more" if len(shapes) > MAX_LISTED_TENSORS else ""

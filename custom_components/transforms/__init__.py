@@ -6,9 +6,10 @@ from custom_components.transforms.overlay import SaveOverlayd
 from custom_components.transforms.regions import LabelToRegionsd, RegionsToLabeld
 from custom_components.transforms.slices import LoadScand, SliceFolderReader
 from custom_components.transforms.views import GlobalLocalViewsd
+from custom_components.transforms.windows import PadToWindowd
 
 __all__ = [
     "CheckImaged", "CheckLabeld", "GlobalLocalViewsd", "LabelToRegionsd", "LoadImageWithContext",
-    "LoadImageWithContextd", "LoadModalitiesd", "LoadScand", "RegionsToLabeld", "RemapLabeld", "SaveOverlayd",
+    "LoadImageWithContextd", "LoadModalitiesd", "LoadScand", "PadToWindowd", "RegionsToLabeld", "RemapLabeld", "SaveOverlayd",
     "SliceFolderReader", "parse_label_mapping",
 ]
