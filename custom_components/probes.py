@@ -11,7 +11,8 @@ held-out volumes that nothing is trained or chosen on:
 - ``segmentation_probe``: a linear layer from each token to the logits of its patch's voxels, Adam on cross-entropy
   plus soft Dice for a fixed number of steps, scored by the voxel Dice of the foreground classes;
 - ``context_probe``: volume attributes (thorax in the field of view, contrast phase, which organs are present) from
-  the mean of a volume's tokens, by cross-validated logistic regression.
+  the mean of a volume's tokens, by cross-validated logistic regression;
+- ``crop_retrieval``: whether the embeddings of two crops of one volume are closer than those of two volumes.
 
 Token probes standardise the features with the training tokens' mean and std first (k-NN then L2-normalises):
 without the centring, the cosine of non-negative raw intensities ignores their level and the raw baseline would be
@@ -58,11 +59,13 @@ from sklearn.preprocessing import StandardScaler
 
 from custom_components.data.datalist import load_datalist
 from custom_components.data.synthetic import make_synthetic_ct, synthetic_ct_profile
-from custom_components.weights import HARMLESS_MISSING, PATCH_KEY, load_encoder, load_state_dict_file, to_vit_state_dict
+from custom_components.networks.pos_embed import sincos_position_embedding
+from custom_components.weights import (HARMLESS_MISSING, PATCH_KEY, POS_KEY, load_encoder, load_state_dict_file,
+                                       to_vit_state_dict)
 
 __all__ = [
     "IGNORE", "PATCH_SIZE", "EncoderSize", "ProbeData", "ProbeSettings", "build_vit", "context_probe",
-    "datalist_probe_data", "draw_splits", "encoder_features", "encoder_size", "evaluate_features",
+    "crop_retrieval", "datalist_probe_data", "draw_splits", "encoder_features", "encoder_size", "evaluate_features",
     "init_encoder_state", "knn_classify", "linear_classify", "load_frozen_encoder", "organ_oracle_features",
     "position_features", "raw_position_features", "resolve_num_heads", "segmentation_probe", "synthetic_probe_data",
     "token_grid", "token_labels", "token_positions", "token_scores", "vit_size",
@@ -371,14 +374,18 @@ def build_vit(size: EncoderSize, volume_shape: Sequence[int]) -> ViT:
     resolve_num_heads(size.hidden_size, size.num_heads)
     token_grid(volume_shape)
     vit = ViT(1, tuple(volume_shape), PATCH_SIZE, size.hidden_size, size.mlp_dim, size.num_layers, size.num_heads,
-              proj_type="conv", classification=False, qkv_bias=size.qkv_bias)
+              proj_type="conv", pos_embed_type="sincos", classification=False, qkv_bias=size.qkv_bias)
     return vit.eval().requires_grad_(False)
 
 
 def load_frozen_encoder(checkpoint: str | os.PathLike | Mapping[str, torch.Tensor], volume_shape: Sequence[int],
                         num_heads: int | None = None) -> ViT:
-    """Build a ``ViT`` of the checkpoint's size and load it (any layout ``load_encoder`` reads), position grid
-    interpolated to ``volume_shape // 16``.
+    """Build a ``ViT`` of the checkpoint's size and load it (any layout ``load_encoder`` reads) for
+    ``volume_shape`` volumes.
+
+    Position embeddings: an encoder with the fixed sin-cos table of its stored grid (ours: ``encoder.pt`` with
+    ``position_grid``) gets the sin-cos table of ``volume_shape // 16``, as GL-MAE pre-training gives views of any
+    size; other tables (learned ones) are interpolated trilinearly to that grid.
 
     Raises:
         ValueError: besides ``encoder_size``'s reasons, when a ViT tensor is missing from the checkpoint (a probe
@@ -389,11 +396,23 @@ def load_frozen_encoder(checkpoint: str | os.PathLike | Mapping[str, torch.Tenso
     state = load_state_dict_file(checkpoint) if is_path else dict(checkpoint)
     vit_state, _, _ = to_vit_state_dict(state)
     vit = build_vit(encoder_size(vit_state, num_heads, name), volume_shape)
+    sincos = has_sincos_positions(state)
+    if sincos:  # keep the ViT's own sin-cos table of the probe grid
+        state = {k: v for k, v in state.items() if k not in (POS_KEY, "position_grid")}
     report = load_encoder(vit, state, target_grid=token_grid(volume_shape))
-    missing = [k for k in report.missing if not HARMLESS_MISSING.match(k)]
+    missing = [k for k in report.missing if not HARMLESS_MISSING.match(k) and not (sincos and k == POS_KEY)]
     if missing:
         raise ValueError(f"{name} lacks {len(missing)} encoder tensors of the ViT ({', '.join(missing[:4])}, ...).")
     return vit
+
+
+def has_sincos_positions(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether an ``encoder.pt`` state dict holds the fixed sin-cos position table of its ``position_grid``."""
+    table, grid = state.get(POS_KEY), state.get("position_grid")
+    if table is None or grid is None or table.ndim != 3:
+        return False
+    expected = sincos_position_embedding([int(g) for g in grid], table.shape[-1])
+    return expected.shape == table.shape and torch.allclose(table.float(), expected, atol=1e-5)
 
 
 def init_encoder_state(size: EncoderSize, volume_shape: Sequence[int], seed: int = 0) -> dict[str, torch.Tensor]:
@@ -573,6 +592,46 @@ def context_probe(volume_features: np.ndarray, attributes: Mapping[str, np.ndarr
         column_scores = [s for s in column_scores if s is not None]
         scores[name] = float(np.mean(column_scores)) if column_scores else float("nan")
     return scores
+
+
+def crop_retrieval(embeddings: np.ndarray, groups: Sequence[int]) -> dict[str, float]:
+    """How well per-crop embeddings ``[M, D]`` keep crops of one volume together (``groups[i]``: crop ``i``'s volume).
+
+    Cosines are taken after centring on the mean embedding of all crops (a common offset would otherwise make every
+    pair look alike; the raw cosine is reported too).
+
+    Returns:
+        ``same`` / ``different``: mean centred cosine over pairs of crops of one volume / of two volumes;
+        ``raw_same`` / ``raw_different``: the same without centring; ``margin``: ``same - different``;
+        ``retrieval``: the fraction of crops whose most similar other crop (centred cosine) is of the same volume;
+        ``chance``: that fraction for random embeddings (crops of the same volume among all others).
+
+    Raises:
+        ValueError: fewer than two volumes, or a volume with a single crop.
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    groups = np.asarray(groups)
+    names, counts = np.unique(groups, return_counts=True)
+    if len(names) < 2 or counts.min() < 2 or len(groups) != len(x):
+        raise ValueError(f"crop_retrieval needs one group id per embedding, at least two groups and two crops in each; "
+                         f"got {len(x)} embeddings, {len(groups)} ids, crops per group {counts.tolist()}.")
+    same = groups[:, None] == groups[None, :]
+    off_diagonal = ~np.eye(len(x), dtype=bool)
+
+    def cosines(v: np.ndarray) -> np.ndarray:
+        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        return v @ v.T
+
+    raw, centred = cosines(x), cosines(x - x.mean(axis=0))
+    nearest = np.where(off_diagonal, centred, -np.inf).argmax(axis=1)
+    result = {
+        "same": float(centred[same & off_diagonal].mean()), "different": float(centred[~same].mean()),
+        "raw_same": float(raw[same & off_diagonal].mean()), "raw_different": float(raw[~same].mean()),
+        "retrieval": float((groups[nearest] == groups).mean()),
+        "chance": float(((counts - 1) * counts).sum() / (len(x) * (len(x) - 1))),
+    }
+    result["margin"] = result["same"] - result["different"]
+    return result
 
 
 def _cross_validated(x: np.ndarray, y: np.ndarray, c: float, folds: int, seed: int) -> float | None:

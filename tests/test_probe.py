@@ -5,6 +5,7 @@ import hashlib
 import importlib.util
 import os
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -14,8 +15,9 @@ from PIL import Image
 from custom_components import probes
 from custom_components.data import make_synthetic_ct, write_synthetic_dataset
 from custom_components.data.synthetic import ORGAN_STRUCTURES, synthetic_ct_profile
-from custom_components.networks import GLMAE
-from custom_components.weights import encoder_state_dict, load_encoder, save_state_dict
+from custom_components.networks import GLMAE, sincos_position_embedding
+from custom_components.weights import POS_KEY, encoder_state_dict, load_encoder, save_state_dict
+from tools import crop_retrieval
 
 spec = importlib.util.spec_from_file_location("probe_encoder", os.path.join(REPO_ROOT, "tools", "probe_encoder.py"))
 tool = importlib.util.module_from_spec(spec)
@@ -102,6 +104,20 @@ def test_init_baseline_is_the_pre_training_initialisation_and_loads_completely()
     vit = probes.load_frozen_encoder(state, (48, 48, 32), num_heads=4)  # another grid: position embeddings resized
     assert probes.vit_size(vit) == TINY_SIZE
     assert probes.encoder_features(vit, torch.rand(2, 1, 48, 48, 32)).shape == (2, 18, 48)
+
+
+def test_probe_grid_gets_the_sin_cos_table_pre_training_uses_and_learned_tables_are_resized():
+    """A GL-MAE encoder (fixed sin-cos table of its stored grid) sees a probe volume of another size with the sin-cos
+    table of that grid, as pre-training gives its views of every size; a learned table is interpolated."""
+    state = probes.init_encoder_state(TINY_SIZE, (32, 32, 32), seed=0)
+    assert probes.has_sincos_positions(state)
+    vit = probes.load_frozen_encoder(state, (64, 64, 48), num_heads=4)
+    table = vit.patch_embedding.position_embeddings
+    assert torch.allclose(table, sincos_position_embedding((4, 4, 3), 48), atol=1e-6)
+    learned = {**state, POS_KEY: torch.randn_like(state[POS_KEY])}
+    assert not probes.has_sincos_positions(learned)
+    table = probes.load_frozen_encoder(learned, (64, 64, 48), num_heads=4).patch_embedding.position_embeddings
+    assert not torch.allclose(table, sincos_position_embedding((4, 4, 3), 48), atol=1e-2)
 
 
 def test_shuffle_layout_keeps_default_datasets_and_moves_organs():
@@ -205,6 +221,44 @@ def test_context_probe_reads_attributes_from_features():
     assert scores["phase"] > 0.95 and scores["organs"] > 0.95
     noise = probes.context_probe(rng.normal(size=(30, 7)), attributes)
     assert noise["phase"] < 0.65 and noise["organs"] < 0.75
+
+
+def test_crop_retrieval_finds_crops_of_one_volume_only_when_the_embeddings_keep_them_together():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(10), 2)
+    centres = rng.normal(size=(10, 32))
+    together = centres[groups] + 0.1 * rng.normal(size=(20, 32)) + 5.0  # a common offset: centring removes it
+    result = probes.crop_retrieval(together, groups)
+    assert result["retrieval"] == 1.0 and result["same"] > 0.9 and abs(result["different"]) < 0.2
+    assert result["raw_different"] > 0.9  # the offset alone makes every raw cosine high
+    assert result["chance"] == pytest.approx(1 / 19)
+    noise = probes.crop_retrieval(rng.normal(size=(20, 32)), groups)
+    assert noise["retrieval"] < 0.3 and abs(noise["margin"]) < 0.2
+    with pytest.raises(ValueError, match=r"crops per group \[2, 1\]"):
+        probes.crop_retrieval(rng.normal(size=(3, 4)), [0, 0, 1])
+
+
+def test_crop_retrieval_tool_measures_a_bundle_encoder_against_its_initialisation(tmp_path, capsys):
+    """tools/crop_retrieval.py end to end at tiny sizes: crops on disk with their own affine, the bundle's inference
+    run for the encoder given and for the 0-step control, a table of both."""
+    sizes = {"hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "num_heads": 4}
+    encoder = probes.init_encoder_state(probes.EncoderSize(**sizes), (32, 32, 32), seed=7)
+    (tmp_path / "models").mkdir()
+    torch.save(encoder, tmp_path / "models" / "model.pt")
+    report = crop_retrieval.main(["--ckpt_dir", str(tmp_path / "models"), "--num_volumes", "3", "--volume_shape", "48",
+                             "48", "32", "--crop", "32", "32", "32", "--out", str(tmp_path / "out"),
+                             *[f"--override={k}={v}" for k, v in sizes.items()]])
+    assert set(report["results"]) == {"pre-trained, mean", "pre-trained, cls", "init (0 steps), mean",
+                                      "init (0 steps), cls"}
+    assert report["results"]["pre-trained, mean"]["chance"] == pytest.approx(1 / 5)
+    assert report["results"]["pre-trained, mean"] != report["results"]["init (0 steps), mean"]  # two encoders
+    assert "| init (0 steps), cls |" in (tmp_path / "out" / "crop_retrieval.md").read_text()
+    crop = nib.load(tmp_path / "out" / "crops" / "volume001_crop1.nii.gz")
+    volume = nib.load(tmp_path / "out" / "volumes" / "imagesTr" / "case_0001.nii.gz")
+    start = np.rint(np.linalg.solve(volume.affine, crop.affine @ [0, 0, 0, 1])[:3]).astype(int)
+    np.testing.assert_array_equal(np.asarray(crop.dataobj),
+                                  np.asarray(volume.dataobj)[start[0]:start[0] + 32, start[1]:start[1] + 32,
+                                                             start[2]:start[2] + 32])
 
 
 def test_datalist_probe_data_reads_the_synthetic_dataset_as_made(tmp_path):

@@ -88,6 +88,8 @@ def main() -> None:
     encoder = os.path.join(pretraining, "models", "encoder.pt")
     print(f"\npre-training finished in {time.time() - start:.0f} s; encoder: {os.path.relpath(encoder)}")
     print(consistency_report(os.path.join(pretraining, "runs", "train_log.csv")))
+    print(f"its features (runs/features/: per-volume embeddings, see the pre-training README):\n"
+          f"  {display_command(PRETRAINING_BUNDLE, ['inference.json', 'quickstart.json'])}")
     if args.skip_finetune:
         return
     run_quickstart(args.bundle, {"pretrained_encoder": encoder})

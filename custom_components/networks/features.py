@@ -63,9 +63,9 @@ class GLMAEFeatureEncoder(ViT):
         self.hidden_size = hidden_size
         self.with_cls = with_cls
         self.window = [int(s) for s in img_size]
-        self.grid = [s // patch_size for s in self.window]
+        self.grid_size = [s // patch_size for s in self.window]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
-        self.register_buffer("position_grid", torch.tensor(self.grid, dtype=torch.int64))
+        self.register_buffer("position_grid", torch.tensor(self.grid_size, dtype=torch.int64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[1] != self.in_channels or list(x.shape[2:]) != self.window:
@@ -78,7 +78,7 @@ class GLMAEFeatureEncoder(ViT):
         for block in self.blocks:
             tokens = block(tokens)
         tokens = self.norm(tokens)
-        h, w, d = self.grid
+        h, w, d = self.grid_size
         features = tokens[:, 1:].transpose(1, 2).reshape(num_samples, self.hidden_size, h, w, d)
         if not self.with_cls:
             return features
