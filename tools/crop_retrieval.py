@@ -158,6 +158,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    weights = os.path.join(args.ckpt_dir, "model.pt")
+    if not os.path.isfile(weights):
+        raise SystemExit(f"error: {weights} does not exist: pre-train first (python tools/quickstart.py "
+                         f"--skip-finetune writes bundles/glmae_pretraining/models/model.pt) or give --ckpt_dir")
     os.makedirs(args.out, exist_ok=True)
     report = measure(args)
     table = markdown(report)
