@@ -261,6 +261,11 @@ def test_crop_retrieval_tool_measures_a_bundle_encoder_against_its_initialisatio
                                                              start[2]:start[2] + 32])
 
 
+def test_crop_retrieval_tool_names_a_missing_model(tmp_path):
+    with pytest.raises(SystemExit, match=r"models/model.pt does not exist: pre-train first"):
+        crop_retrieval.main(["--ckpt_dir", str(tmp_path / "models"), "--out", str(tmp_path / "out")])
+
+
 def test_datalist_probe_data_reads_the_synthetic_dataset_as_made(tmp_path):
     datalist = write_synthetic_dataset(tmp_path, num_volumes=2, shape=(32, 32, 16), num_classes=3, num_folds=1,
                                        num_test=0, seed=7, varied=True, label_values=(0, 205, 420),
