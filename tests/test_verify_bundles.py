@@ -51,11 +51,27 @@ def results_of(folder: str, **kwargs) -> dict[str, vb.CheckResult]:
     return {r.check: r for r in vb.verify_bundle(folder, **kwargs)}
 
 
+def shares_the_reference_network(bundle: str) -> bool:
+    """Whether the bundle's inference network is BTCV's but for the number of classes (its ROI is overridden by the
+    tiny sizes): its exports would repeat BTCV's."""
+    if bundle == REFERENCE:
+        return False
+    mine, reference = (json.load(open(os.path.join(BUNDLES, b, "configs", "inference.json"))) for b in (bundle, REFERENCE))
+    return mine["network_def"] == reference["network_def"] and mine["in_channels"] == reference["in_channels"]
+
+
 @pytest.mark.parametrize("bundle", all_bundles())
 def test_every_bundle_passes_the_zoo_checks(bundle, tmp_path):
     """Files, changelog, schema, pins, JSON format and properties as committed; net in/out, TorchScript and ONNX
-    (outputs within TOLERANCE of PyTorch's) with the bundle's network at tiny sizes."""
-    results = vb.verify_bundle(copy_bundle(bundle, tmp_path), overrides=tiny(bundle))  # without local weights
+    (outputs within TOLERANCE of PyTorch's) with the bundle's network at tiny sizes, once per distinct network."""
+    folder = copy_bundle(bundle, tmp_path)
+    if shares_the_reference_network(bundle):
+        checked = vb.Bundle(folder)
+        for check in (vb.check_files, vb.check_changelog, vb.check_schema, vb.check_pins, vb.check_json_format,
+                      vb.check_properties):
+            check(checked)  # raises with the file and the problem
+        return
+    results = vb.verify_bundle(folder, overrides=tiny(bundle))  # without local weights
     assert [r.check for r in results] == list(vb.CHECKS)
     failed = [f"{r.check}: {r.detail}" for r in results if r.status == "fail"]
     assert not failed, f"{bundle}: {failed}"
