@@ -40,7 +40,7 @@ from tools.bundle_run import PRETRAINING_BUNDLE, bundle_dir, run_bundle  # noqa:
 EMBEDDINGS = {"mean": False, "cls": True}  # embedding name -> read_embeddings(cls=...)
 
 
-def encoder_size(overlay: str | None, overrides: dict) -> tuple[EncoderSize, list[int]]:
+def configured_encoder(overlay: str | None, overrides: dict) -> tuple[EncoderSize, list[int]]:
     """The encoder sizes and window that ``inference.json`` + ``overlay`` (+ ``overrides``) build."""
     parser = ConfigParser()
     configs = os.path.join(bundle_dir(PRETRAINING_BUNDLE), "configs")
@@ -65,9 +65,9 @@ def parse_overrides(values: list[str]) -> dict:
     return overrides
 
 
-def write_crops(out: str, num_volumes: int, volume_shape: list[int], crop: list[int], seed: int) -> list[int]:
+def write_crops(out: str, num_volumes: int, volume_shape: list[int], crop: list[int], seed: int) -> dict[str, int]:
     """Two random ``crop``-sized crops of each of ``num_volumes`` new varied synthetic volumes, as NIfTI with their
-    own affine, in ``out/crops``; returns each crop's volume index in file-name order."""
+    own affine, in ``out/crops``; returns ``{crop file name: its volume's index}``."""
     if any(c > s for c, s in zip(crop, volume_shape)):
         raise ValueError(f"--crop {crop} is larger than --volume_shape {volume_shape}.")
     datalist = write_synthetic_dataset(os.path.join(out, "volumes"), num_volumes=num_volumes, shape=volume_shape,
@@ -75,7 +75,7 @@ def write_crops(out: str, num_volumes: int, volume_shape: list[int], crop: list[
     rng = np.random.default_rng(seed)
     crops = os.path.join(out, "crops")
     os.makedirs(crops, exist_ok=True)
-    groups = []
+    groups = {}
     for index, entry in enumerate(load_datalist(datalist, "training", keys=("image",))):
         volume = nib.load(entry["image"])
         array = np.asarray(volume.dataobj)
@@ -86,8 +86,9 @@ def write_crops(out: str, num_volumes: int, volume_shape: list[int], crop: list[
             affine[:3, 3] = volume.affine[:3, :3] @ start + volume.affine[:3, 3]
             image = nib.Nifti1Image(np.ascontiguousarray(array[box]), affine)
             image.header.set_qform(affine, code=1)
-            nib.save(image, os.path.join(crops, f"volume{index:03d}_crop{k}.nii.gz"))
-            groups.append(index)
+            name = f"volume{index:03d}_crop{k}.nii.gz"
+            nib.save(image, os.path.join(crops, name))
+            groups[name] = index
     return groups
 
 
@@ -96,7 +97,7 @@ def measure(args: argparse.Namespace) -> dict:
     configs = ["inference.json", *([overlay] if overlay else [])]
     groups = write_crops(args.out, args.num_volumes, args.volume_shape, args.crop, args.seed)
     overrides = parse_overrides(args.override)
-    size, window = encoder_size(overlay, overrides)
+    size, window = configured_encoder(overlay, overrides)
     init_dir = os.path.join(args.out, "init_models")
     os.makedirs(init_dir, exist_ok=True)
     torch.save(init_encoder_state(size, window, seed=args.init_seed), os.path.join(init_dir, "model.pt"))
@@ -110,12 +111,10 @@ def measure(args: argparse.Namespace) -> dict:
                    log_file=os.path.join(args.out, f"{arm.split()[0]}.log"), echo=False)
         for name, cls in EMBEDDINGS.items():
             embeddings, rows = read_embeddings(output, cls=cls)
-            order = [int(os.path.basename(r["image"])[6:9]) for r in rows]  # volumeNNN_cropK.nii.gz
-            if order != groups:
-                raise RuntimeError(f"{output}: the embeddings' order {order} is not the crops' {groups}")
-            results[f"{arm}, {name}"] = crop_retrieval(embeddings, groups)
+            volumes = [groups[os.path.basename(row["image"])] for row in rows]
+            results[f"{arm}, {name}"] = crop_retrieval(embeddings, volumes)
         print(f"{arm}: encoded {len(groups)} crops in {time.perf_counter() - start:.0f} s", flush=True)
-    return {"settings": {**{k: v for k, v in vars(args).items()}, "encoder": vars(size), "window": window},
+    return {"settings": {**vars(args), "encoder": vars(size), "window": window},
             "results": results}
 
 
