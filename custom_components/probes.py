@@ -538,11 +538,11 @@ def segmentation_probe(
     The head maps each token's standardised feature to ``C`` logits for each cell of ``(16 / stride)³`` in its patch
     (``stride`` 1: one per voxel), nearest-upsampled to the voxels (SETR-naive with a per-token linear upsampler).
     It starts at zero and is trained by full-batch Adam on voxel cross-entropy, each class weighted by the inverse
-    square root of its share of the labelled voxels (``class_balance_weights``), plus the soft Dice loss of the foreground classes (MONAI's ``DiceLoss``,
-    pooled over the batch) for ``steps`` steps. Unweighted, "background everywhere" is the answer whenever organs
-    are a few percent of the voxels (2 % in the synthetic probe data): every encoder then scores 0 Dice, its
-    trivial value, and the probe ranks nothing. With ``stride`` above 1 the loss against each cell's class
-    fractions equals the voxel loss of the upsampled logits.
+    square root of its share of the labelled voxels (``class_balance_weights``), plus the soft Dice loss of the
+    foreground classes (MONAI's ``DiceLoss``, pooled over the batch) for ``steps`` steps. Unweighted, "background
+    everywhere" is the answer whenever organs are a few percent of the voxels (2 % in the synthetic probe data):
+    encoders then score 0 Dice, the trivial value, and the probe ranks nothing. With ``stride`` above 1 the loss
+    against each cell's class fractions equals the voxel loss of the upsampled logits.
 
     Args:
         train_features: ``[n, N, D]`` tokens of the labelled volumes; train_labels: ``[n, H, W, D]``.

@@ -530,3 +530,18 @@ def test_make_synthetic_data_task_option(tmp_path):
     assert "labelled (8 classes)" in result.stdout
     label = load_datalist(tmp_path / "dataset.json", keys=("image", "label"))[0]["label"]
     assert set(np.unique(np.asarray(nib.load(label).dataobj))) <= {0, 205, 420, 500, 550, 600, 820, 850}
+
+
+def test_synthetic_dataset_with_shuffled_layout_writes_the_probe_volumes(tmp_path):
+    # the pre-training study fine-tunes on the volumes its frozen-encoder probes read: the same generator call
+    datalist = write_synthetic_dataset(tmp_path, num_volumes=2, shape=(32, 32, 32), num_classes=7, num_folds=1,
+                                       num_test=0, seed=1000, varied=True, organ_texture=True, shuffle_layout=True)
+    cases = json.loads(Path(datalist).read_text())["training"]
+    for index, case in enumerate(cases):
+        _, expected = make_synthetic_ct((32, 32, 32), 7, 1000 + index, varied=True, shuffle_layout=True,
+                                        organ_texture=True)
+        _, fixed = make_synthetic_ct((32, 32, 32), 7, 1000 + index, varied=True, organ_texture=True)
+        written = np.asarray(nib.load(tmp_path / case["label"]).dataobj)
+        assert np.array_equal(written, expected) and not np.array_equal(written, fixed)
+    with pytest.raises(ValueError, match="shuffle_layout"):
+        write_synthetic_dataset(tmp_path / "mri", num_classes=4, brain_mri=True, shuffle_layout=True)

@@ -200,6 +200,7 @@ def write_synthetic_dataset(
     brain_mri: bool = False,
     layout: str = "msd",
     organ_texture: bool = False,
+    shuffle_layout: bool = False,
 ) -> str:
     """Write a synthetic CT dataset as NIfTI files plus a MONAI decathlon-style ``dataset.json``.
 
@@ -230,12 +231,14 @@ def write_synthetic_dataset(
         brain_mri: brain MRI with tumours instead of CT (``num_classes`` 4, labelled, no ``label_values``).
         layout: with ``brain_mri``, ``"msd"`` (one 4D file per case) or ``"brats2021"`` (a folder per case).
         organ_texture: organs with the inner structure of their kind (see the module docstring).
+        shuffle_layout: with ``varied``, each volume's organs in a permutation of the organ grid, so where an organ
+            lies does not say which it is (the frozen-encoder probes' data, see ``make_synthetic_ct``).
 
     Returns:
         the path of ``dataset.json``.
     """
     args = _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_folds, num_test, seed, varied,
-                           label_values, lesions, brain_mri, layout, organ_texture)
+                           label_values, lesions, brain_mri, layout, organ_texture, shuffle_layout)
     root = Path(out_dir).expanduser().absolute()
     if brain_mri:
         from .synthetic_mri import write_brain_mri_dataset  # it builds on this module's writers
@@ -250,7 +253,7 @@ def write_synthetic_dataset(
     images, labels = [], []
     for index in range(num_volumes):
         image, label = make_synthetic_ct(args["shape"], num_classes, seed + index, varied, lesions,
-                                         organ_texture=organ_texture)
+                                         shuffle_layout=shuffle_layout, organ_texture=organ_texture)
         images.append(_save_nifti(image, affine, root / "imagesTr" / f"case_{index:04d}.nii.gz", root))
         if labelled:
             label = (label if values is None else values[label]).astype(label_dtype)
@@ -258,7 +261,7 @@ def write_synthetic_dataset(
     testing = []
     for index in range(num_test):
         image, _ = make_synthetic_ct(args["shape"], num_classes, seed + num_volumes + index, varied, lesions,
-                                     organ_texture=organ_texture)
+                                     shuffle_layout=shuffle_layout, organ_texture=organ_texture)
         testing.append({"image": _save_nifti(image, affine, root / "imagesTs" / f"test_{index:04d}.nii.gz", root)})
     if lesions:
         names = ["lesion"]
@@ -517,13 +520,13 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, root: Path) -
 _DEFAULTS = {
     "num_volumes": 8, "shape": (96, 96, 64), "spacing": (1.5, 1.5, 2.0), "num_classes": 14, "labelled": True,
     "num_folds": 5, "num_test": 2, "seed": 0, "varied": False, "label_values": None, "lesions": False,
-    "brain_mri": False, "layout": "msd", "organ_texture": False,
+    "brain_mri": False, "layout": "msd", "organ_texture": False, "shuffle_layout": False,
 }  # fmt: skip
 
 
 def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_folds, num_test, seed,
                     varied=False, label_values=None, lesions=False, brain_mri=False, layout="msd",
-                    organ_texture=False) -> dict[str, Any]:
+                    organ_texture=False, shuffle_layout=False) -> dict[str, Any]:
     """Validate the dataset arguments and return them JSON-ready (lists for sequences)."""
     if isinstance(num_volumes, bool) or not isinstance(num_volumes, int) or num_volumes < 1:
         raise ValueError(f"num_volumes must be a positive int, got {num_volumes!r}.")
@@ -532,7 +535,7 @@ def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_fold
     if isinstance(num_test, bool) or not isinstance(num_test, int) or num_test < 0:
         raise ValueError(f"num_test must be a non-negative int, got {num_test!r}.")
     flags = ("labelled", labelled), ("varied", varied), ("lesions", lesions), ("brain_mri", brain_mri), (
-        "organ_texture", organ_texture)
+        "organ_texture", organ_texture), ("shuffle_layout", shuffle_layout)
     for name, flag in flags:
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be a bool, got {flag!r}.")
@@ -545,9 +548,9 @@ def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_fold
         raise ValueError(f"lesions=True labels one class (lesion), so num_classes must be 2, got {num_classes}.")
     if brain_mri:
         _check_brain_mri_args(num_classes, labelled, varied, lesions, label_values, layout)
-        if organ_texture:
-            raise ValueError("organ_texture=True structures CT organs; brain_mri=True writes brain MRI, which has "
-                             "none.")
+        if organ_texture or shuffle_layout:
+            raise ValueError("organ_texture and shuffle_layout change CT organs; brain_mri=True writes brain MRI, "
+                             "which has none.")
     if label_values is not None:
         values = list(label_values) if isinstance(label_values, (Sequence, np.ndarray)) else []
         valid = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 65535 for v in values)
@@ -560,7 +563,7 @@ def _validated_args(num_volumes, shape, spacing, num_classes, labelled, num_fold
         "num_classes": num_classes, "labelled": labelled, "num_folds": num_folds, "num_test": num_test, "seed": seed,
         **({"varied": True} if varied else {}), **({"label_values": label_values} if label_values else {}),
         **({"lesions": True} if lesions else {}), **({"brain_mri": True, "layout": layout} if brain_mri else {}),
-        **({"organ_texture": True} if organ_texture else {}),
+        **({"organ_texture": True} if organ_texture else {}), **({"shuffle_layout": True} if shuffle_layout else {}),
     }  # fmt: skip
 
 
