@@ -88,9 +88,9 @@ PRESETS = {
             # arm) and the probe volumes' spacing; one evaluation after the last epoch
             "finetune": {"budget": 4, "overrides": {
                 "roi_size": [64, 64, 64], "hidden_size": 96, "mlp_dim": 384, "num_heads": 4, "feature_size": 8,
-                "pixdim": [1.5, 1.5, 2.0], "max_epochs": 40, "val_interval": 40,
-                "checkpoint_interval": 40, "warmup_epochs": 2, "num_samples": 2, "learning_rate": 2e-3,
-                "num_workers": 0, "sw_batch_size": 2, "log_interval": 40}}},
+                "pixdim": [1.5, 1.5, 2.0], "max_epochs": 30, "val_interval": 30,
+                "checkpoint_interval": 30, "warmup_epochs": 2, "num_samples": 2, "learning_rate": 2e-3,
+                "num_workers": 0, "sw_batch_size": 2, "log_interval": 30}}},
     "tiny": {  # the test suite's size: seconds per run
         "pretrain": (["study_cpu.json"], {"max_epochs": 1, "num_volumes": 3, "volume_shape": [64, 64, 48],
                                           "global_size": [48, 48, 48], "local_size": [32, 32, 32],
