@@ -15,6 +15,7 @@ from ignite.engine import Events
 from monai.data import ThreadDataLoader
 from monai.networks.nets import UNETR
 from monai.transforms import EnsureTyped
+from PIL import Image
 
 from custom_components.data import write_synthetic_dataset
 from custom_components.handlers import read_embeddings
@@ -73,6 +74,21 @@ def test_pretraining_runs_two_epochs_and_writes_outputs(tmp_path):
     assert feature_map.shape == (4, 4, 3, 48) and index[0]["grid"] == "4x4x3"  # 64 x 64 x 48 at patch 16
     np.testing.assert_allclose(feature_map.affine, feature_affine(image.affine, 16), atol=1e-4)
     np.testing.assert_allclose(feature_map.get_fdata().mean(axis=(0, 1, 2)), embeddings[0], rtol=1e-4, atol=1e-5)
+
+    # with a training checkpoint, a reconstruction preview of each volume's centre window
+    checkpoint = glob.glob(str(models / "checkpoint_*epoch=2.pt"))[0]
+    previews = tmp_path / "previews"
+    run_workflow(feature_workflow(tmp_path, previews, preview_checkpoint=checkpoint, decoder_hidden_size=48,
+                                  decoder_num_layers=1))
+    assert sorted(os.listdir(previews / "previews")) == [f"case_000{i}_reconstruction.png" for i in range(3)]
+    assert Image.open(previews / "previews" / "case_0000_reconstruction.png").size[1] > 200
+    # model.pt holds no decoder: one sentence says which file to give
+    workflow = feature_workflow(tmp_path, previews, preview_checkpoint=str(models / "model.pt"),
+                                decoder_hidden_size=48, decoder_num_layers=1)
+    with pytest.raises(Exception) as info:
+        workflow.initialize()
+        workflow.run()
+    assert "model.pt holds no decoder" in error_chain(info.value) and "checkpoint_epoch=N.pt" in error_chain(info.value)
 
 
 def feature_workflow(tmp_path, output_dir, **override):

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
+from monai.transforms import CenterSpatialCrop
 from monai.utils import convert_to_tensor
 from PIL import Image, ImageDraw
 
 from custom_components.losses.reconstruction import patchify, unpatchify
+from custom_components.transforms.io import case_name
+from custom_components.weights import load_state_dict_file
 
-__all__ = ["ReconstructionPreview"]
+__all__ = ["InferencePreview", "ReconstructionPreview"]
 
 logger = logging.getLogger("custom_components")
 
@@ -84,7 +88,7 @@ class ReconstructionPreview:
         net.eval()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)
-            out = net.forward_view(x, self.mask_ratio)
+            out = net.forward_view(x, self.mask_ratio, embed=False)
         net.train(was_training)
         pred, mask = out["pred"].float(), out["mask"]
         target = patchify(x, patch)
@@ -130,3 +134,64 @@ class ReconstructionPreview:
         path = os.path.join(self.output_dir, f"preview_epoch_{engine.state.epoch:04d}.png")
         self.render(views).save(path)
         logger.info(f"reconstruction preview written to {path}")
+
+
+class InferencePreview:
+    """Per volume of the pre-training bundle's feature extraction: reconstruct the window of ``roi_size`` at the
+    centre of the preprocessed volume with the whole GL-MAE student of a training checkpoint and write
+    ``<output_dir>/<case>_reconstruction.png`` (rows and columns as :class:`ReconstructionPreview`, the same fixed
+    mask for every volume).
+
+    ``models/model.pt`` and ``encoder.pt`` hold the encoder only; the decoder is in the training checkpoints
+    (``checkpoint_epoch=N.pt``), which ``checkpoint`` names.
+
+    Args:
+        network: a ``GLMAE`` of the run's encoder and decoder sizes (its consistency head is not used).
+        checkpoint: a training checkpoint of that run.
+        output_dir: folder for the PNG files.
+        roi_size: the window reconstructed (the run's ``roi_size``).
+        mask_ratio, norm_pix_loss, seed: as :class:`ReconstructionPreview`.
+        image_key: key of the preprocessed image in the decollated evaluator output.
+
+    Raises:
+        FileNotFoundError: ``checkpoint`` does not exist.
+        ValueError: it is unreadable, holds no decoder (an encoder file), or its tensors do not fit ``network``.
+    """
+
+    def __init__(self, network: nn.Module, checkpoint: str | os.PathLike, output_dir: str,
+                 roi_size: Sequence[int], mask_ratio: float = 0.75, norm_pix_loss: bool = False, seed: int = 0,
+                 image_key: str = "image") -> None:
+        state = load_state_dict_file(checkpoint)
+        if not any(k.startswith("decoder") for k in state):
+            raise ValueError(f"{checkpoint} holds no decoder (an encoder file such as model.pt or encoder.pt?); "
+                             "the reconstruction preview needs a training checkpoint, checkpoint_epoch=N.pt.")
+        wanted = {k: v for k, v in network.state_dict().items() if k.split(".")[0] in ("encoder", "decoder")}
+        kept = {k: v for k, v in state.items() if k in wanted}
+        wrong = [k for k, v in kept.items() if v.shape != wanted[k].shape]
+        missing = [k for k in wanted if k not in kept]
+        if wrong or missing:
+            raise ValueError(f"{checkpoint} does not fit the preview network ({len(wrong)} tensors of other shapes, "
+                             f"e.g. {(wrong or missing)[:3]}; {len(missing)} missing): give the size ids of its run, "
+                             "decoder_hidden_size / decoder_num_layers / decoder_num_heads included.")
+        network.load_state_dict(kept, strict=False)
+        network.eval()
+        self.crop = CenterSpatialCrop(roi_size)
+        self.image_key = image_key
+        self.preview = ReconstructionPreview(network, output_dir, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
+                                             seed=seed)
+        logger.info(f"reconstruction previews from {checkpoint} ({len(kept)} tensors) to {output_dir}")
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        output = engine.state.output
+        for index, item in enumerate(output if isinstance(output, Sequence) else [output]):
+            image = item[self.image_key]
+            source = (getattr(image, "meta", {}) or {}).get("filename_or_obj")
+            case = case_name(source) if source else f"volume_{engine.state.iteration:04d}_{index}"
+            window = convert_to_tensor(self.crop(image), track_meta=False)
+            os.makedirs(self.preview.output_dir, exist_ok=True)
+            path = os.path.join(self.preview.output_dir, f"{case}_reconstruction.png")
+            self.preview.render({"centre": window}).save(path)
+            logger.info(f"reconstruction preview written to {path}")
