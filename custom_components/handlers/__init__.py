@@ -12,8 +12,8 @@ from custom_components.handlers.training_log import TrainingLog, read_training_l
 from custom_components.handlers.validation_log import ValidationLog
 
 __all__ = [
-    "ConfusionMatrixSaver", "EncoderExport", "FeatureWriter", "InferencePreview", "MetricsSaver", "ModelCheckpointLoader",
-    "ProbabilityCSVSaver", "ProgressBarHandler", "ReconstructionPreview", "SeedEachEpoch", "TrainingCheckpointLoader",
-    "TrainingCheckpointSaver", "TrainingLog", "ValidationLog", "latest_checkpoint", "log_epoch_metrics",
-    "read_embeddings", "read_training_log",
+    "ConfusionMatrixSaver", "EncoderExport", "FeatureWriter", "InferencePreview", "MetricsSaver",
+    "ModelCheckpointLoader", "ProbabilityCSVSaver", "ProgressBarHandler", "ReconstructionPreview", "SeedEachEpoch",
+    "TrainingCheckpointLoader", "TrainingCheckpointSaver", "TrainingLog", "ValidationLog", "latest_checkpoint",
+    "log_epoch_metrics", "read_embeddings", "read_training_log",
 ]
