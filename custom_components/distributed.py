@@ -25,19 +25,18 @@ from monai.handlers import ClassificationSaver, CheckpointLoader, LrScheduleHand
 from monai.utils import set_determinism
 
 from custom_components.config_checks import check_cli_overrides
-from custom_components.handlers.classification import ConfusionMatrixSaver
-from custom_components.handlers.seeding import SeedEachEpoch
 
 __all__ = [
     "EVERY_RANK", "device_ids", "finalize", "handlers_for_rank", "initialize", "is_distributed", "local_device",
     "rank", "rank_partition",
 ]
 
-#: Handlers that every rank must run: they step schedules, start validation, load weights or gather across ranks
-#: (``MetricsSaver`` and ``ClassificationSaver`` all-gather the per-case results, ``ConfusionMatrixSaver`` sums the
-#: counts). The others (logging, saving, previews) run on rank 0.
-EVERY_RANK = (LrScheduleHandler, ValidationHandler, CheckpointLoader, SeedEachEpoch, MetricsSaver, ClassificationSaver,
-              ConfusionMatrixSaver)
+#: MONAI handlers that every rank must run: they step schedules, start validation, load weights or gather across
+#: ranks (``MetricsSaver`` and ``ClassificationSaver`` all-gather the per-case results). Handlers of this package say
+#: it themselves with a class attribute ``every_rank = True`` (``SeedEachEpoch`` seeds each rank's stream,
+#: ``ConfusionMatrixSaver`` sums the counts), so this module need not import them. The others (logging, saving,
+#: previews) run on rank 0.
+EVERY_RANK = (LrScheduleHandler, ValidationHandler, CheckpointLoader, MetricsSaver, ClassificationSaver)
 
 
 def is_distributed() -> bool:
@@ -104,7 +103,8 @@ def rank_partition(data: Sequence, seed: int = 0, shuffle: bool = True, even_div
 
 
 def handlers_for_rank(handlers: list) -> list:
-    """All ``handlers`` on rank 0 (or without a process group); on other ranks only those in ``EVERY_RANK``."""
+    """All ``handlers`` on rank 0 (or without a process group); on other ranks only those in ``EVERY_RANK`` and
+    those whose ``every_rank`` attribute is true."""
     if rank() == 0:
         return list(handlers)
-    return [h for h in handlers if isinstance(h, EVERY_RANK)]
+    return [h for h in handlers if isinstance(h, EVERY_RANK) or getattr(h, "every_rank", False)]

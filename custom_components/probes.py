@@ -58,8 +58,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from custom_components.data.datalist import load_datalist
-from custom_components.data.synthetic import make_synthetic_ct, synthetic_ct_profile
 from custom_components.networks.pos_embed import sincos_position_embedding
+from custom_components.synthetic.ct import make_synthetic_ct, synthetic_ct_profile
 from custom_components.weights import (HARMLESS_MISSING, PATCH_KEY, POS_KEY, load_encoder, load_state_dict_file,
                                        to_vit_state_dict)
 

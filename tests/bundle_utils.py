@@ -6,8 +6,7 @@ import os
 
 from monai.bundle import ConfigWorkflow
 
-import conftest  # noqa: F401  (puts the repository root on sys.path for `tools`)
-from tools.bundle_run import BUNDLES, run_bundle
+from tools.bundle_run import BUNDLES, PRETRAINING_BUNDLE, run_bundle
 
 
 def config_path(bundle: str, *names: str) -> list[str]:
@@ -101,3 +100,28 @@ def classification_bundles() -> list[str]:
 
 #: the segmentation bundle the others are copies of.
 REFERENCE_BUNDLE = "glmae_btcv_segmentation"
+
+#: pre-training model sizes that train in seconds on a CPU.
+PRETRAINING_TINY = {"hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "decoder_hidden_size": 48,
+                    "decoder_num_layers": 1, "head_out_dim": 64, "head_hidden_dim": 64, "head_bottleneck_dim": 16}
+
+#: UNETR sizes of the reference segmentation bundle that train in seconds on a CPU.
+SEGMENTATION_SIZES = {"hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "feature_size": 8, "roi_size": [32, 32, 32]}
+
+
+def pretraining_workflow(tmp_path, **override) -> ConfigWorkflow:
+    """The pre-training quickstart (``train.json`` + ``quickstart.json``) at :data:`PRETRAINING_TINY` sizes on 3 small
+    synthetic volumes for 2 epochs, writing everything under ``tmp_path``, checkpoints and previews every epoch."""
+    args = dict(synthetic_data_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"),
+                output_dir=str(tmp_path / "runs"), num_volumes=3, volume_shape=[64, 64, 48], max_epochs=2, batch_size=2,
+                checkpoint_interval=1, preview_interval=1, log_interval=1) | PRETRAINING_TINY | override
+    return make_workflow(PRETRAINING_BUNDLE, ["train.json", "quickstart.json"], **args)
+
+
+def segmentation_overrides(tmp_path, datalist, **extra) -> dict:
+    """Overrides of the reference segmentation bundle's ``train.json`` for a 2-epoch CPU run on ``datalist`` (a
+    synthetic BTCV-like dataset) at :data:`SEGMENTATION_SIZES`, writing under ``tmp_path``."""
+    run = dict(datalist=datalist, dataset_dir=os.path.dirname(datalist), ckpt_dir=str(tmp_path / "models"),
+               output_dir=str(tmp_path / "runs"), max_epochs=2, val_interval=1, warmup_epochs=1, num_samples=1,
+               amp=False, num_workers=0, cache_rate=0.0, pixdim=[1.5, 1.5, 2.0], sw_batch_size=1)
+    return run | SEGMENTATION_SIZES | extra

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 TINY = dict(hidden_size=48, mlp_dim=96, num_layers=2, num_heads=4, decoder_hidden_size=48, decoder_num_layers=1,
             decoder_num_heads=4, head_out_dim=32, head_hidden_dim=64, head_bottleneck_dim=16)

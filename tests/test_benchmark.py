@@ -8,6 +8,7 @@ import math
 import os
 import time
 
+import pytest
 import torch
 from conftest import REPO_ROOT, TINY
 
@@ -36,6 +37,7 @@ TINY_PRESET = {
 }
 
 
+@pytest.mark.slow
 def test_benchmark_tiny(tmp_path, monkeypatch):
     monkeypatch.setitem(benchmark.PRESETS, "quick", TINY_PRESET)
     out = tmp_path / "results.json"

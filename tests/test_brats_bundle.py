@@ -10,18 +10,17 @@ import numpy as np
 import pytest
 import torch
 from bundle_utils import make_workflow, run_error, run_workflow
+from tool_utils import run_tool
 
-from custom_components.data import (
-    BRATS_LAYOUTS,
-    SYNTHETIC_TASKS,
-    brats_inference_datalist,
-    brats_label_mapping,
-    write_synthetic_dataset,
-)
-from custom_components.data.synthetic_mri import make_synthetic_brain_mri
+from custom_components.data import BRATS_LAYOUTS, brats_inference_datalist, brats_label_mapping
+from custom_components.synthetic import SYNTHETIC_TASKS, write_synthetic_dataset
+from custom_components.synthetic.mri import make_synthetic_brain_mri
 from custom_components.transforms import LabelToRegionsd, LoadModalitiesd, RegionsToLabeld
 from custom_components.transforms.io import case_name
 from custom_components.transforms.regions import painting_order
+
+#: bundle runs and subprocesses: `pytest -m "not slow"` skips this module
+pytestmark = pytest.mark.slow
 
 BUNDLE = "glmae_brats_segmentation"
 TINY = {"hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "feature_size": 8, "roi_size": [32, 32, 32]}
@@ -225,13 +224,11 @@ def test_synthetic_dataset_refuses_ct_arguments(tmp_path):
 def test_tools_write_brats2021_data_and_its_datalist(tmp_path):
     """make_synthetic_data.py writes the BraTS 2021 layout; make_datalist.py --layout brats2021 lists it the same way
     (four modality files in channel order and the label, folds round-robin), and stops on a missing modality."""
-    from test_data import _run_tool
-
     out = tmp_path / "brats"
-    result = _run_tool("tools/make_synthetic_data.py", "--out", str(out), "--task", BUNDLE, "--layout", "brats2021",
+    result = run_tool("tools/make_synthetic_data.py", "--out", str(out), "--task", BUNDLE, "--layout", "brats2021",
                        "--num-volumes", "2", "--shape", "32", "32", "16", "--num-folds", "2", "--num-test", "0")
     assert result.returncode == 0, result.stderr
-    result = _run_tool("tools/make_datalist.py", "--layout", "brats2021", "--images", str(out / "training"),
+    result = run_tool("tools/make_datalist.py", "--layout", "brats2021", "--images", str(out / "training"),
                        "--out", str(tmp_path / "list.json"), "--num-folds", "2")
     assert result.returncode == 0, result.stderr
     assert "2 training entries (with labels, 2 folds)" in result.stdout
@@ -240,6 +237,6 @@ def test_tools_write_brats2021_data_and_its_datalist(tmp_path):
                                                 for i in (0, 1)]
     assert [e["fold"] for e in written] == [0, 1] and written[1]["label"].endswith("BraTS2021_00001_seg.nii.gz")
     (out / "training" / "BraTS2021_00001" / "BraTS2021_00001_flair.nii.gz").unlink()
-    result = _run_tool("tools/make_datalist.py", "--layout", "brats2021", "--images", str(out / "training"),
+    result = run_tool("tools/make_datalist.py", "--layout", "brats2021", "--images", str(out / "training"),
                        "--out", str(tmp_path / "bad.json"))
     assert result.returncode == 1 and "error: case 'BraTS2021_00001' has no modality 'flair'" in result.stderr

@@ -9,26 +9,22 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_utils import error_chain, make_workflow, run_torchrun
+from bundle_utils import error_chain, make_workflow, run_torchrun, segmentation_overrides
 
-from custom_components.data import write_synthetic_dataset
 from custom_components.networks import GLMAE
+from custom_components.synthetic import write_synthetic_dataset
 from custom_components.weights import encoder_state_dict, save_state_dict
 
+#: bundle runs and subprocesses: `pytest -m "not slow"` skips this module
+pytestmark = pytest.mark.slow
+
 BUNDLE = "glmae_btcv_segmentation"
-SIZES = {"hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "feature_size": 8, "roi_size": [32, 32, 32]}
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("btcv_data")
     return write_synthetic_dataset(root, num_volumes=4, shape=(48, 48, 32), num_folds=2, num_test=1, seed=3)
-
-
-def train_overrides(tmp_path, datalist, **extra):
-    return dict(datalist=datalist, dataset_dir=os.path.dirname(datalist), ckpt_dir=str(tmp_path / "models"),
-                output_dir=str(tmp_path / "runs"), max_epochs=2, val_interval=1, warmup_epochs=1, num_samples=1,
-                amp=False, num_workers=0, cache_rate=0.0, pixdim=[1.5, 1.5, 2.0], sw_batch_size=1) | SIZES | extra
 
 
 def write_encoder(path, hidden_size, num_layers):
@@ -42,13 +38,14 @@ def write_encoder(path, hidden_size, num_layers):
 
 def test_finetune_starts_from_the_pretrained_encoder(tmp_path, dataset):
     glmae, encoder = write_encoder(tmp_path / "encoder.pt", hidden_size=48, num_layers=12)
-    workflow = make_workflow(BUNDLE, ["train.json"], **train_overrides(tmp_path, dataset, pretrained_encoder=str(encoder)))
+    overrides = segmentation_overrides(tmp_path, dataset, pretrained_encoder=str(encoder))
+    workflow = make_workflow(BUNDLE, ["train.json"], **overrides)
     workflow.initialize()
     network = workflow.parser.get_parsed_content("network")
     assert torch.equal(network.vit.blocks[5].attn.qkv.weight, glmae.encoder.blocks[5].attn.qkv.weight)
     assert torch.equal(network.vit.patch_embedding.patch_embeddings.weight,
                        glmae.encoder.patch_embedding.patch_embeddings.weight)
-    scratch = make_workflow(BUNDLE, ["train.json"], **train_overrides(tmp_path, dataset))
+    scratch = make_workflow(BUNDLE, ["train.json"], **segmentation_overrides(tmp_path, dataset))
     scratch.initialize()
     assert not torch.equal(scratch.parser.get_parsed_content("network").vit.blocks[5].attn.qkv.weight,
                            glmae.encoder.blocks[5].attn.qkv.weight)
@@ -56,7 +53,8 @@ def test_finetune_starts_from_the_pretrained_encoder(tmp_path, dataset):
 
 def test_encoder_of_another_width_is_a_clear_error(tmp_path, dataset):
     _, encoder = write_encoder(tmp_path / "wide_encoder.pt", hidden_size=96, num_layers=1)
-    workflow = make_workflow(BUNDLE, ["train.json"], **train_overrides(tmp_path, dataset, pretrained_encoder=str(encoder)))
+    overrides = segmentation_overrides(tmp_path, dataset, pretrained_encoder=str(encoder))
+    workflow = make_workflow(BUNDLE, ["train.json"], **overrides)
     workflow.initialize()
     with pytest.raises(Exception) as info:
         workflow.parser.get_parsed_content("network")
@@ -75,7 +73,8 @@ def write_case(folder, name, image, label, affine=None):
 def run_with_cases(tmp_path, cases, **extra):
     datalist = tmp_path / "cases.json"
     datalist.write_text(json.dumps({"training": cases, "validation": cases[:1]}))
-    workflow = make_workflow(BUNDLE, ["train.json"], **train_overrides(tmp_path, str(datalist), max_epochs=1, **extra))
+    overrides = segmentation_overrides(tmp_path, str(datalist), max_epochs=1, **extra)
+    workflow = make_workflow(BUNDLE, ["train.json"], **overrides)
     workflow.initialize()
     workflow.run()
     return workflow
@@ -115,7 +114,7 @@ def test_multi_gpu_overlay_runs_under_torchrun_with_gloo(tmp_path, dataset):
     """Two CPU processes (gloo): each trains on its partition, validation metrics are gathered, rank 0 saves; the
     device comes as a string from the command line (``--device cpu``)."""
     run_torchrun(BUNDLE, ["train.json", "multi_gpu_train.json"],
-                 **train_overrides(tmp_path, dataset, max_epochs=1, device="cpu"))
+                 **segmentation_overrides(tmp_path, dataset, max_epochs=1, device="cpu"))
     assert (tmp_path / "models" / "model.pt").exists()
     rows = list(csv.DictReader(open(tmp_path / "runs" / "val_metrics.csv")))
     assert len(rows) == 1  # rank 0 alone writes

@@ -111,6 +111,7 @@ def test_timeout_kills_the_whole_process_group(scratch_bundle, monkeypatch):
     assert time.time() - start < 15 and "started" in str(error.value)
 
 
+@pytest.mark.slow
 def test_failing_bundle_run_names_the_log_file(scratch_bundle, tmp_path):
     """A real ``python -m monai.bundle run`` whose ``run`` expression fails (about 4 s: importing MONAI)."""
     (scratch_bundle / "configs" / "run.json").write_text(json.dumps({"run": "$int('not a number')"}))

@@ -11,10 +11,14 @@ import torch
 from bundle_utils import make_workflow, mlflow_run, run_error, run_torchrun, run_workflow, tracked
 from PIL import Image
 
-from custom_components.data import CCCCII_CLASSES, write_synthetic_classification_dataset
+from custom_components.data import CCCCII_CLASSES
 from custom_components.networks import GLMAE
+from custom_components.synthetic import write_synthetic_classification_dataset
 from custom_components.weights import encoder_state_dict, save_state_dict
 from tools.quickstart import CLASSIFICATION_NEXT_STEPS, CONFIGS, next_steps_text
+
+#: bundle runs and subprocesses: `pytest -m "not slow"` skips this module
+pytestmark = pytest.mark.slow
 
 BUNDLE = "glmae_ccccii_classification"
 SIZES = {"hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "num_heads": 4, "roi_size": [32, 32, 16]}

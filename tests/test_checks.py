@@ -12,7 +12,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from custom_components.data import load_datalist, write_synthetic_dataset
+from custom_components.data import load_datalist
+from custom_components.synthetic import write_synthetic_dataset
 from custom_components.transforms.checks import CheckImaged, CheckLabeld
 from custom_components.transforms.io import LoadImageWithContextd
 

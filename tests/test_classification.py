@@ -12,11 +12,11 @@ import torch
 from monai.transforms import EnsureChannelFirstd
 from PIL import Image
 
-from custom_components.data import (CCCCII_CLASSES, load_classification_datalist, make_synthetic_scan,
-                                    write_classification_datalist, write_synthetic_classification_dataset)
+from custom_components.data import CCCCII_CLASSES, load_classification_datalist, write_classification_datalist
 from custom_components.data.classification import class_index
 from custom_components.handlers.classification import ProbabilityCSVSaver, per_class_metrics
 from custom_components.networks import ViTClassifier
+from custom_components.synthetic import make_synthetic_scan, write_synthetic_classification_dataset
 from custom_components.transforms import LoadScand
 from custom_components.weights import load_encoder
 

@@ -10,13 +10,13 @@ import torch
 from bundle_utils import make_workflow
 from conftest import TINY
 from ignite.engine import Engine, Events
+from trainer_utils import make_trainer
 
-from custom_components.data import make_synthetic_ct
-from custom_components.engines import cross_volume_cosine
+from custom_components.collapse_metrics import cross_volume_cosine
 from custom_components.handlers import TrainingLog
 from custom_components.losses import DINOConsistencyLoss, GLMAELoss
 from custom_components.networks import GLMAE, EMATeacher
-from test_trainer import make_trainer
+from custom_components.synthetic import make_synthetic_ct
 
 
 # ---------------------------------------------------------------- monitors
@@ -309,6 +309,7 @@ def assert_consistency_branch_alive(rows):
     assert mean("loss_rec_local") < 0.5 * rows[0]["loss_rec_local"]
 
 
+@pytest.mark.slow
 def test_quickstart_pretraining_ends_with_a_live_consistency_branch(tmp_path):
     """The quickstart preset (16 varied volumes, 150 epochs, about 3 min on 2 CPU cores) must end with a live branch,
     and be live by CONTROL_EPOCHS already, where the negative controls are judged. With the earlier settings
@@ -322,12 +323,14 @@ def test_quickstart_pretraining_ends_with_a_live_consistency_branch(tmp_path):
 
 #: the quickstart preset with one change that collapses the branch; the same assertions must then fail
 COLLAPSING = {
-    "near-identical volumes": {"datalist": "$custom_components.data.ensure_synthetic_dataset(@synthetic_data_dir, "
-                               "num_volumes=@num_volumes, shape=@volume_shape, labelled=False, num_folds=1, num_test=0)"},
+    "near-identical volumes": {"datalist": "$custom_components.synthetic.ensure_synthetic_dataset("
+                               "@synthetic_data_dir, num_volumes=@num_volumes, shape=@volume_shape, labelled=False, "
+                               "num_folds=1, num_test=0)"},
     "teacher at the student's temperature": {"teacher_temp": 0.1, "warmup_teacher_temp": 0.1},
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", list(COLLAPSING))
 def test_the_live_branch_assertions_fail_on_a_collapsed_run(tmp_path, change):
     """Negative controls: the assertions that pass the quickstart (at CONTROL_EPOCHS of the same schedule) must catch

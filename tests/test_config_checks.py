@@ -53,6 +53,7 @@ def test_outside_the_bundle_command_line_nothing_is_checked():
     check_cli_overrides(["pytest", "--max_epoch", "2"])
 
 
+@pytest.mark.slow
 def test_the_bundle_command_stops_on_an_unknown_override():
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", CONFIGS, "--num_volume", "2"]
     result = subprocess.run(command, cwd=os.path.join(BUNDLES, "glmae_pretraining"), capture_output=True, text=True,
@@ -73,6 +74,7 @@ def last_line(result) -> str:
     return [line for line in result.stderr.splitlines() if line.strip()][-1]
 
 
+@pytest.mark.slow
 def test_the_cause_is_the_last_line_of_a_failed_run(tmp_path):
     """MONAI wraps a project error in 'Failed to evaluate ConfigExpression'; the run still ends on the cause."""
     result = run_btcv("--dataset_dir", str(tmp_path / "nowhere"))
@@ -81,6 +83,7 @@ def test_the_cause_is_the_last_line_of_a_failed_run(tmp_path):
     assert "Traceback" in result.stderr  # the traceback is still there, above
 
 
+@pytest.mark.slow
 def test_the_cause_is_the_last_line_when_a_dataloader_worker_fails(tmp_path):
     """A bad label read in a DataLoader worker process comes back as text; its project error is still the last line."""
     import json

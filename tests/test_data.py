@@ -1,12 +1,10 @@
-"""Tests of custom_components.data (synthetic CT, datalists) and the tools that wrap it."""
+"""Tests of custom_components.synthetic (synthetic CT) and custom_components.data (datalists), and the tools that
+wrap them."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,18 +12,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from tool_utils import run_tool
 
-from custom_components.data import (
-    ensure_synthetic_dataset,
-    inference_datalist,
-    load_datalist,
-    make_synthetic_ct,
-    write_datalist_from_folder,
-    write_synthetic_dataset,
-)
-from custom_components.data.synthetic import BTCV_ORGANS, MARKER_FILE
+from custom_components.data import inference_datalist, load_datalist, write_datalist_from_folder
+from custom_components.synthetic import (BTCV_ORGANS, ensure_synthetic_dataset, make_synthetic_ct,
+                                        write_synthetic_dataset)
+from custom_components.synthetic.ct import MARKER_FILE
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = (32, 32, 16)
 
 
@@ -166,9 +159,9 @@ def test_ensure_synthetic_dataset_is_idempotent_and_regenerates(tmp_path, caplog
 def test_ensure_synthetic_dataset_waits_for_a_writer_in_progress_and_reuses_its_dataset(tmp_path, monkeypatch, caplog):
     """Under torchrun every rank calls ensure_synthetic_dataset on the same folder: a second caller must wait for the
     first writer and reuse its files, not read (or rewrite) them while they are half-written."""
-    from custom_components.data import synthetic
+    from custom_components.synthetic import ct
 
-    save, started, finished = synthetic._save_nifti, threading.Event(), threading.Event()
+    save, started, finished = ct.save_nifti, threading.Event(), threading.Event()
 
     def slow_first_writer(*args):
         written = save(*args)
@@ -182,7 +175,7 @@ def test_ensure_synthetic_dataset_waits_for_a_writer_in_progress_and_reuses_its_
         finished.set()
 
     kwargs = {"num_volumes": 2, "shape": TINY, "num_folds": 2, "num_test": 0}
-    monkeypatch.setattr(synthetic, "_save_nifti", slow_first_writer)
+    monkeypatch.setattr(ct, "save_nifti", slow_first_writer)
     writer = threading.Thread(target=write)
     writer.start()
     assert started.wait(30)
@@ -443,25 +436,20 @@ def test_write_datalist_from_folder_errors(tmp_path):
 # ---------------------------------------------------------------- tools
 
 
-def _run_tool(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run(
-        [sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-
-
 @pytest.mark.parametrize(
     "tool, phrase", [("make_synthetic_data.py", "synthetic CT-like"), ("make_datalist.py", "paired by file name")]
 )
+@pytest.mark.slow
 def test_tools_help(tool, phrase):
-    result = _run_tool(f"tools/{tool}", "--help")
+    result = run_tool(f"tools/{tool}", "--help")
     assert result.returncode == 0, result.stderr
     assert phrase in result.stdout and "--num-folds" in result.stdout
 
 
+@pytest.mark.slow
 def test_tools_tiny_run(tmp_path):
     out = tmp_path / "synthetic"
-    result = _run_tool(
+    result = run_tool(
         "tools/make_synthetic_data.py", "--out", str(out), "--num-volumes", "2", "--shape", "32", "32", "16",
         "--num-folds", "2", "--num-test", "1", "--seed", "7",
     )  # fmt: skip
@@ -472,7 +460,7 @@ def test_tools_tiny_run(tmp_path):
         np.asarray(nib.load(out / "imagesTr" / "case_0001.nii.gz").dataobj), make_synthetic_ct((32, 32, 16), seed=8)[0]
     )
 
-    result = _run_tool(
+    result = run_tool(
         "tools/make_datalist.py", "--images", str(out / "imagesTr"), "--labels", str(out / "labelsTr"),
         "--test-images", str(out / "imagesTs"), "--out", str(tmp_path / "list.json"), "--num-folds", "2",
     )  # fmt: skip
@@ -480,7 +468,7 @@ def test_tools_tiny_run(tmp_path):
     assert "2 training entries (with labels, 2 folds), 1 testing entries" in result.stdout
     assert _names(load_datalist(tmp_path / "list.json", "validation", fold=1)) == ["case_0001.nii.gz"]
 
-    result = _run_tool("tools/make_datalist.py", "--images", str(out / "imagesTr"), "--labels", str(out / "imagesTs"),
+    result = run_tool("tools/make_datalist.py", "--images", str(out / "imagesTr"), "--labels", str(out / "imagesTs"),
                        "--out", str(tmp_path / "bad.json"))  # fmt: skip
     assert result.returncode == 1
     assert "error: images and labels are paired by name" in result.stderr
@@ -492,7 +480,7 @@ def test_tools_tiny_run(tmp_path):
 def test_task_layouts_raw_label_values_and_lesions(tmp_path):
     """MM-WHS-like labels are stored with raw values (uint16), COVID-like volumes hold small lung lesions as class 1
     at an anisotropic spacing, and each layout is what SYNTHETIC_TASKS says."""
-    from custom_components.data import SYNTHETIC_TASKS
+    from custom_components.synthetic import SYNTHETIC_TASKS
 
     mmwhs = SYNTHETIC_TASKS["glmae_mmwhs_segmentation"]
     datalist = write_synthetic_dataset(tmp_path / "mmwhs", num_volumes=1, shape=TINY, num_folds=1, num_test=0, **mmwhs)
@@ -523,8 +511,9 @@ def test_task_layout_arguments_are_checked(tmp_path, kwargs, match):
         write_synthetic_dataset(tmp_path, num_volumes=1, shape=TINY, num_folds=1, num_test=0, **kwargs)
 
 
+@pytest.mark.slow
 def test_make_synthetic_data_task_option(tmp_path):
-    result = _run_tool("tools/make_synthetic_data.py", "--out", str(tmp_path), "--num-volumes", "1", "--shape", "32",
+    result = run_tool("tools/make_synthetic_data.py", "--out", str(tmp_path), "--num-volumes", "1", "--shape", "32",
                        "32", "16", "--num-folds", "1", "--num-test", "0", "--task", "glmae_mmwhs_segmentation")
     assert result.returncode == 0, result.stderr
     assert "labelled (8 classes)" in result.stdout

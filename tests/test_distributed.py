@@ -8,11 +8,13 @@ import sys
 
 import pytest
 import torch
-from bundle_utils import make_workflow, run_torchrun, run_workflow
+from bundle_utils import REFERENCE_BUNDLE, make_workflow, run_torchrun, run_workflow, segmentation_overrides
 from conftest import REPO_ROOT
-from test_btcv_bundle import BUNDLE, train_overrides
 
-from custom_components.data import write_synthetic_dataset
+from custom_components.synthetic import write_synthetic_dataset
+
+#: bundle runs and subprocesses: `pytest -m "not slow"` skips this module
+pytestmark = pytest.mark.slow
 
 SCRIPT = os.path.join(REPO_ROOT, "tests", "distributed", "glmae_steps.py")
 
@@ -45,8 +47,8 @@ def evaluated_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist_eval")
     datalist = write_synthetic_dataset(root / "data", num_volumes=4, shape=(48, 48, 32), num_folds=2, num_test=0,
                                        seed=5)
-    overrides = train_overrides(root, datalist, max_epochs=1)
-    run_workflow(make_workflow(BUNDLE, ["train.json"], **overrides))
+    overrides = segmentation_overrides(root, datalist, max_epochs=1)
+    run_workflow(make_workflow(REFERENCE_BUNDLE, ["train.json"], **overrides))
     return root, overrides
 
 
@@ -57,8 +59,9 @@ def mean_dice(eval_dir):
 
 def test_distributed_validation_equals_single_process(evaluated_model):
     root, overrides = evaluated_model
-    run_workflow(make_workflow(BUNDLE, ["train.json", "evaluate.json"], **(overrides | {"output_dir": str(root / "single")})))
-    run_torchrun(BUNDLE, ["train.json", "evaluate.json", "multi_gpu_evaluate.json"],
+    single = overrides | {"output_dir": str(root / "single")}
+    run_workflow(make_workflow(REFERENCE_BUNDLE, ["train.json", "evaluate.json"], **single))
+    run_torchrun(REFERENCE_BUNDLE, ["train.json", "evaluate.json", "multi_gpu_evaluate.json"],
                  **(overrides | {"output_dir": str(root / "dist")}))
     single, distributed = mean_dice(root / "single" / "eval"), mean_dice(root / "dist" / "eval")
     assert set(single) == {"val_mean_dice", "val_hd95", "val_nsd"}

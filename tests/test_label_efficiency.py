@@ -4,9 +4,13 @@ import csv
 import importlib.util
 import os
 
+import pytest
 from PIL import Image
 
 from conftest import REPO_ROOT
+
+#: bundle runs and subprocesses: `pytest -m "not slow"` skips this module
+pytestmark = pytest.mark.slow
 
 spec = importlib.util.spec_from_file_location("label_efficiency", os.path.join(REPO_ROOT, "tools", "label_efficiency.py"))
 study = importlib.util.module_from_spec(spec)

@@ -4,9 +4,8 @@ import pytest
 import torch
 from conftest import TINY
 
-from custom_components.losses import (
-    CosineConsistencyLoss, DINOConsistencyLoss, GLMAELoss, MaskedReconstructionLoss, patchify, unpatchify,
-)
+from custom_components.geometry import patchify, unpatchify
+from custom_components.losses import CosineConsistencyLoss, DINOConsistencyLoss, GLMAELoss, MaskedReconstructionLoss
 from custom_components.networks import GLMAE, EMATeacher
 
 

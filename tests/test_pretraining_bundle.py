@@ -10,33 +10,28 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_utils import error_chain, make_workflow, mlflow_run, run_error, run_torchrun, run_workflow, tracked
+from bundle_utils import (PRETRAINING_TINY, error_chain, make_workflow, mlflow_run, pretraining_workflow, run_error,
+                          run_torchrun, run_workflow, tracked)
 from ignite.engine import Events
 from monai.data import ThreadDataLoader
 from monai.networks.nets import UNETR
 from monai.transforms import EnsureTyped
 from PIL import Image
 
-from custom_components.data import write_synthetic_dataset
 from custom_components.handlers import read_embeddings
 from custom_components.handlers.features import feature_affine
 from custom_components.networks import GLMAEFeatureEncoder
+from custom_components.synthetic import write_synthetic_dataset
 from custom_components.weights import load_encoder
 
+#: bundle runs and subprocesses: `pytest -m "not slow"` skips this module
+pytestmark = pytest.mark.slow
+
 BUNDLE = "glmae_pretraining"
-TINY = {"hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "decoder_hidden_size": 48, "decoder_num_layers": 1,
-        "head_out_dim": 64, "head_hidden_dim": 64, "head_bottleneck_dim": 16}
-
-
-def tiny_workflow(tmp_path, **override):
-    args = dict(synthetic_data_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"),
-                output_dir=str(tmp_path / "runs"), num_volumes=3, volume_shape=[64, 64, 48], max_epochs=2, batch_size=2,
-                checkpoint_interval=1, preview_interval=1, log_interval=1) | TINY | override
-    return make_workflow(BUNDLE, ["train.json", "quickstart.json"], **args)
 
 
 def test_pretraining_runs_two_epochs_and_writes_outputs(tmp_path):
-    workflow = run_workflow(tiny_workflow(tmp_path, **tracked(tmp_path)))
+    workflow = run_workflow(pretraining_workflow(tmp_path, **tracked(tmp_path)))
     models = tmp_path / "models"
     # model.pt (what inference.json's network loads) holds the same encoder tensors as encoder.pt
     model, encoder = (torch.load(models / name, weights_only=True) for name in ("model.pt", "encoder.pt"))
@@ -92,7 +87,7 @@ def test_pretraining_runs_two_epochs_and_writes_outputs(tmp_path):
 
 
 def feature_workflow(tmp_path, output_dir, **override):
-    """inference.json with the tiny sizes on the synthetic data of tiny_workflow (or a datalist given)."""
+    """inference.json with the tiny sizes on the synthetic data of pretraining_workflow (or a datalist given)."""
     args = dict(synthetic_data_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"), output_dir=str(output_dir),
                 num_volumes=3, volume_shape=[64, 64, 48], device="cpu", num_workers=0, amp=False,
                 hidden_size=48, mlp_dim=96, num_heads=4) | override
@@ -170,7 +165,7 @@ def write_datalist(tmp_path, entries):
 
 
 def run_on_datalist(tmp_path, datalist):
-    workflow = tiny_workflow(tmp_path, datalist=datalist, max_epochs=1)
+    workflow = pretraining_workflow(tmp_path, datalist=datalist, max_epochs=1)
     workflow.initialize()
     workflow.run()
 
@@ -212,7 +207,7 @@ def test_multi_gpu_overlay_runs_under_torchrun_with_gloo(tmp_path):
     string, as ``--device cpu`` gives it."""
     overrides = dict(synthetic_data_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / "models"),
                      output_dir=str(tmp_path / "runs"), num_volumes=4, volume_shape=[64, 64, 48], max_epochs=1,
-                     checkpoint_interval=1, preview_interval=1, batch_size=1, device="cpu") | TINY
+                     checkpoint_interval=1, preview_interval=1, batch_size=1, device="cpu") | PRETRAINING_TINY
     run_torchrun(BUNDLE, ["train.json", "quickstart.json", "multi_gpu_train.json"], **overrides)
     assert (tmp_path / "models" / "encoder.pt").exists() and (tmp_path / "models" / "model.pt").exists()
     assert os.listdir(tmp_path / "runs" / "previews") == ["preview_epoch_0001.png"]
@@ -220,7 +215,7 @@ def test_multi_gpu_overlay_runs_under_torchrun_with_gloo(tmp_path):
 
 def test_same_seed_gives_the_same_first_losses(tmp_path):
     def losses(folder):
-        workflow = tiny_workflow(folder, synthetic_data_dir=str(tmp_path / "data"), max_epochs=2)
+        workflow = pretraining_workflow(folder, synthetic_data_dir=str(tmp_path / "data"), max_epochs=2)
         workflow.initialize()
         trainer, history = workflow.parser.get_parsed_content("train#trainer"), []
         trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: history.append(dict(e.state.output[0])))
@@ -229,7 +224,7 @@ def test_same_seed_gives_the_same_first_losses(tmp_path):
 
     first, second = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert len(first) == 4 and first == second
-    different = tiny_workflow(tmp_path / "c", synthetic_data_dir=str(tmp_path / "data"), max_epochs=1, seed=1)
+    different = pretraining_workflow(tmp_path / "c", synthetic_data_dir=str(tmp_path / "data"), max_epochs=1, seed=1)
     different.initialize()
     trainer = different.parser.get_parsed_content("train#trainer")
     different.run()
@@ -244,7 +239,7 @@ def test_crops_on_device_overlay_trains_the_same_as_the_default_pipeline(tmp_pat
                           ("on_device", ["train.json", "quickstart.json", "crops_on_device.json"])):
         args = dict(synthetic_data_dir=str(tmp_path / "data"), ckpt_dir=str(tmp_path / name / "models"),
                     output_dir=str(tmp_path / name / "runs"), num_volumes=3, volume_shape=[64, 64, 48], max_epochs=2,
-                    batch_size=2, num_workers=0, preview_interval=10) | TINY
+                    batch_size=2, num_workers=0, preview_interval=10) | PRETRAINING_TINY
         workflow = make_workflow(BUNDLE, configs, **args)
         workflow.initialize()
         trainer = workflow.parser.get_parsed_content("train#trainer")

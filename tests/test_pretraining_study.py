@@ -9,6 +9,9 @@ from PIL import Image
 
 from tools import pretraining_study as study
 
+#: bundle runs and subprocesses: `pytest -m "not slow"` skips this module
+pytestmark = pytest.mark.slow
+
 
 def test_tiny_study_pretrains_each_arm_per_seed_probes_and_fine_tunes_them_and_resumes(tmp_path, capsys):
     arms = [study.RANDOM, "MAE3D (equal compute)"]  # GL-MAE's run is the quickstart's, tested elsewhere

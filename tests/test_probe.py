@@ -13,9 +13,9 @@ from conftest import REPO_ROOT, TINY
 from PIL import Image
 
 from custom_components import probes
-from custom_components.data import make_synthetic_ct, write_synthetic_dataset
-from custom_components.data.synthetic import ORGAN_STRUCTURES, synthetic_ct_profile
 from custom_components.networks import GLMAE, sincos_position_embedding
+from custom_components.synthetic import (ORGAN_STRUCTURES, make_synthetic_ct, synthetic_ct_profile,
+                                        write_synthetic_dataset)
 from custom_components.weights import POS_KEY, encoder_state_dict, load_encoder, save_state_dict
 from tools import crop_retrieval
 
@@ -158,6 +158,7 @@ def test_organ_texture_paints_each_structure_inside_its_organ_and_nothing_else()
         write_synthetic_dataset("unused", num_classes=4, brain_mri=True, organ_texture=True)
 
 
+@pytest.mark.slow
 def test_oracle_shows_the_probe_data_can_rank_encoders_only_with_structured_organs():
     """The positive control scores far above chance on the default probe data, and near chance when organs differ by
     HU alone (which the contrast phase scrambles): the reason the probe data structure their organs."""
@@ -176,6 +177,7 @@ def test_oracle_shows_the_probe_data_can_rank_encoders_only_with_structured_orga
     assert linear_score(probes.position_features(12, probes.token_grid(data.volume_shape)), labels) < 0.3
 
 
+@pytest.mark.slow
 def test_position_alone_predicts_organs_only_in_the_fixed_layout():
     scores = {}
     for shuffle in (False, True):
@@ -212,6 +214,7 @@ def test_segmentation_head_learns_what_the_features_hold():
     assert np.nanmean(noise) < 0.3
 
 
+@pytest.mark.slow
 def test_segmentation_head_does_not_answer_background_everywhere_when_organs_are_rare():
     # Organs are 2 % of the voxels of the probe volumes: with unweighted cross-entropy the head answered
     # background everywhere and scored 0 Dice for every organ, whatever the features held.
@@ -254,6 +257,7 @@ def test_crop_retrieval_finds_crops_of_one_volume_only_when_the_embeddings_keep_
         probes.crop_retrieval(rng.normal(size=(3, 4)), [0, 0, 1])
 
 
+@pytest.mark.slow
 def test_crop_retrieval_tool_measures_a_bundle_encoder_against_its_initialisation(tmp_path, capsys):
     """tools/crop_retrieval.py end to end at tiny sizes: crops on disk with their own affine, the bundle's inference
     run for the encoder given and for the 0-step control, a table of both."""
@@ -302,6 +306,7 @@ def _tiny_encoder(path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_writes_csv_markdown_and_png(tmp_path, capsys):
     encoder = _tiny_encoder(tmp_path / "encoder.pt")
     out = tmp_path / "probe"

@@ -5,9 +5,13 @@ import json
 import os
 
 import nibabel as nib
+import pytest
 from bundle_utils import make_workflow, run_workflow
 
 from tools.quickstart import CONFIGS, NEXT_STEPS, next_steps_text, per_class_text
+
+#: bundle runs and subprocesses: `pytest -m "not slow"` skips this module
+pytestmark = pytest.mark.slow
 
 BUNDLE = "glmae_btcv_segmentation"
 

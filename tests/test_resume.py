@@ -11,12 +11,14 @@ import time
 
 import pytest
 import torch
-from bundle_utils import BUNDLES, error_chain, run_error, run_workflow
+from bundle_utils import BUNDLES, error_chain, pretraining_workflow, run_error, run_workflow
 from conftest import REPO_ROOT
 from ignite.engine import Events
-from test_pretraining_bundle import tiny_workflow
 
 from custom_components.handlers import latest_checkpoint
+
+#: bundle runs and subprocesses: `pytest -m "not slow"` skips this module
+pytestmark = pytest.mark.slow
 
 
 class Interrupted(Exception):
@@ -36,15 +38,15 @@ def final_state(folder):
 
 def test_resumed_run_reaches_the_weights_of_an_uninterrupted_run(tmp_path):
     data = str(tmp_path / "data")
-    run_workflow(tiny_workflow(tmp_path / "a", synthetic_data_dir=data, max_epochs=3))
+    run_workflow(pretraining_workflow(tmp_path / "a", synthetic_data_dir=data, max_epochs=3))
 
-    interrupted = tiny_workflow(tmp_path / "b", synthetic_data_dir=data, max_epochs=3)
+    interrupted = pretraining_workflow(tmp_path / "b", synthetic_data_dir=data, max_epochs=3)
     interrupted.initialize()
     interrupt_after_epoch(interrupted, 2)
     with pytest.raises(Exception) as info:
         interrupted.run()
     assert "stopped after epoch 2" in error_chain(info.value)
-    resumed = run_workflow(tiny_workflow(tmp_path / "b", synthetic_data_dir=data, max_epochs=3, resume=True))
+    resumed = run_workflow(pretraining_workflow(tmp_path / "b", synthetic_data_dir=data, max_epochs=3, resume=True))
     assert resumed.parser.get_parsed_content("train#trainer").state.iteration == 6
 
     a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
@@ -60,16 +62,16 @@ def test_resumed_run_reaches_the_weights_of_an_uninterrupted_run(tmp_path):
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
-    chain = run_error(tiny_workflow(tmp_path, resume=True))
+    chain = run_error(pretraining_workflow(tmp_path, resume=True))
     assert "no checkpoint to resume from" in chain and str(tmp_path / "models") in chain
 
 
 def test_resume_from_a_corrupt_checkpoint_names_the_file(tmp_path):
-    run_workflow(tiny_workflow(tmp_path, max_epochs=1))
+    run_workflow(pretraining_workflow(tmp_path, max_epochs=1))
     path = glob.glob(str(tmp_path / "models" / "checkpoint_*.pt"))[0]
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 3])
-    chain = run_error(tiny_workflow(tmp_path, max_epochs=2, resume=True))
+    chain = run_error(pretraining_workflow(tmp_path, max_epochs=2, resume=True))
     assert "cannot resume from checkpoint" in chain and os.path.basename(path) in chain
 
 

@@ -12,7 +12,10 @@ import torch
 from bundle_utils import make_workflow, mlflow_run, run_error, run_workflow, segmentation_bundles, tracked
 from ignite.engine import Events
 
-from custom_components.data import SYNTHETIC_TASKS, make_synthetic_ct, write_synthetic_dataset
+from custom_components.synthetic import SYNTHETIC_TASKS, make_synthetic_ct, write_synthetic_dataset
+
+#: bundle runs and subprocesses: `pytest -m "not slow"` skips this module
+pytestmark = pytest.mark.slow
 
 TINY = {"hidden_size": 48, "mlp_dim": 96, "num_heads": 4, "feature_size": 8}
 #: per bundle: the tiny ROI and the synthetic volume shape the tests use (COVID-19-20 crops are flat).

@@ -1,38 +1,12 @@
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Events
 from conftest import TINY
-from monai.data import DataLoader, Dataset
-from monai.transforms import Compose, ScaleIntensityRanged
+from ignite.engine import Events
+from trainer_utils import make_trainer
 
-from custom_components.data import make_synthetic_ct
-from custom_components.engines import GLMAETrainer, cosine_momentum, param_groups_weight_decay, scaled_learning_rate
-from custom_components.losses import GLMAELoss
-from custom_components.networks import GLMAE, EMATeacher
-from custom_components.transforms import GlobalLocalViewsd
-
-
-def tiny_loader(num_volumes=2, batch_size=2, seed=0):
-    data = [{"image": make_synthetic_ct((64, 64, 48), seed=seed + i)[0][None].astype(np.float32)}
-            for i in range(num_volumes)]
-    transform = Compose([
-        ScaleIntensityRanged("image", -1000, 1000, 0.0, 1.0, clip=True),
-        GlobalLocalViewsd("image", global_size=64, local_size=32, num_global_views=2, num_local_views=2),
-    ]).set_random_state(seed)
-    return DataLoader(Dataset(data, transform), batch_size=batch_size, shuffle=False, num_workers=0)
-
-
-def make_trainer(max_epochs, lr=2e-3, amp=False, accumulation_steps=1, consistency="dino", freeze_last_layer_epochs=0,
-                 **loss_kwargs):
-    torch.manual_seed(0)
-    net = GLMAE(img_size=32, consistency=consistency, **TINY)
-    teacher = EMATeacher(net)
-    loss = GLMAELoss(patch_size=16, head_out_dim=32, consistency=consistency, **loss_kwargs)
-    opt = torch.optim.AdamW(param_groups_weight_decay(net, 0.05), lr=lr)
-    return GLMAETrainer("cpu", max_epochs, tiny_loader(), net, teacher, opt, loss, amp=amp,
-                        accumulation_steps=accumulation_steps,
-                        freeze_last_layer_epochs=freeze_last_layer_epochs), net, teacher
+from custom_components.engines import cosine_momentum, param_groups_weight_decay, scaled_learning_rate
+from custom_components.networks import GLMAE
 
 
 def run_with_history(trainer):
@@ -66,6 +40,25 @@ def test_weight_decay_groups_skip_bias_norm_tokens_and_frozen():
     frozen = net.encoder.patch_embedding.position_embeddings
     assert all(p is not frozen for p in decay["params"] + no_decay["params"])
 
+
+
+def test_head_learning_rate_scale_gives_the_head_its_own_groups_that_the_schedule_scales_alike():
+    net = GLMAE(img_size=32, **TINY)
+    assert len(param_groups_weight_decay(net, 0.05, lr_scales={"head.": 1.0}, base_lr=1e-3)) == 2  # 1.0: no split
+    groups = param_groups_weight_decay(net, 0.05, lr_scales={"head.": 10.0}, base_lr=1e-3)
+    head_ids = {id(p) for p in net.head.parameters()}
+    assert [len(g["params"]) > 0 for g in groups] == [True] * 4
+    assert [g.get("lr") for g in groups] == [None, None, pytest.approx(1e-2), pytest.approx(1e-2)]
+    assert all(id(p) in head_ids for g in groups[2:] for p in g["params"])
+    assert not any(id(p) in head_ids for g in groups[:2] for p in g["params"])
+    assert sum(len(g["params"]) for g in groups) == sum(len(g["params"]) for g in param_groups_weight_decay(net, 0.05))
+    optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)  # sets every group to 0.5 x its own rate
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([5e-4, 5e-4, 5e-3, 5e-3])
+    with pytest.raises(ValueError, match="no parameter of GLMAE starts with 'heads.'"):
+        param_groups_weight_decay(net, 0.05, lr_scales={"heads.": 10.0}, base_lr=1e-3)
+    with pytest.raises(ValueError, match="need base_lr"):
+        param_groups_weight_decay(net, 0.05, lr_scales={"head.": 10.0})
 
 def test_trainer_outputs_every_term_and_updates_teacher():
     trainer, net, teacher = make_trainer(max_epochs=1)

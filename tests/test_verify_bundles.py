@@ -14,6 +14,9 @@ from bundle_utils import BUNDLES, all_bundles
 
 from tools import verify_bundles as vb
 
+#: bundle runs and subprocesses: `pytest -m "not slow"` skips this module
+pytestmark = pytest.mark.slow
+
 #: network sizes that keep the exports of the eight inference networks near a minute on two cores (UNETR's depth is
 #: fixed at 12 blocks; its export time hardly depends on the widths).
 TINY_UNETR = {"roi_size": [16, 16, 16], "feature_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_heads": 4}

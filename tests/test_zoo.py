@@ -21,7 +21,7 @@ import torch
 from bundle_utils import REFERENCE_BUNDLE
 from monai.bundle import ConfigParser
 
-from custom_components.data import write_synthetic_dataset
+from custom_components.synthetic import write_synthetic_dataset
 from tools import zoo
 from tools.bundle_run import BUNDLES, REPO_ROOT
 
@@ -107,6 +107,7 @@ def label_maps(folder: Path) -> dict[str, np.ndarray]:
     return maps
 
 
+@pytest.mark.slow
 def test_downloaded_bundle_runs_with_public_packages_only(published, test_images, tmp_path):
     bundle, _, url = published
     index = zoo.fetch_index(url)
@@ -137,6 +138,7 @@ def test_downloaded_bundle_runs_with_public_packages_only(published, test_images
                                                    if "running" not in k and "num_batches" not in k))]
 
 
+@pytest.mark.slow
 def test_monai_download_command_takes_the_index_url(published, tmp_path):
     _, _, url = published
     entry = zoo.pick_entry(zoo.fetch_index(url), NAME, None)

@@ -36,29 +36,22 @@ import math
 import os
 import platform
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
-import torch
-
-try:
-    import custom_components  # noqa: F401
-except ImportError:  # run as `python tools/benchmark.py` from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import monai
+import torch
 from monai.bundle import ConfigParser
 from monai.data import DataLoader, Dataset, ThreadDataLoader
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 from monai.networks.nets import UNETR, MaskedAutoEncoderViT
 
 from custom_components.engines import GLMAETrainer, param_groups_weight_decay
-from custom_components.losses import GLMAELoss
-from custom_components.losses.reconstruction import MaskedReconstructionLoss, patchify
+from custom_components.geometry import patchify
+from custom_components.losses import GLMAELoss, MaskedReconstructionLoss
 from custom_components.networks import GLMAE, EMATeacher
 from custom_components.precision import native_bf16
 from custom_components.transforms import GlobalLocalViewsd

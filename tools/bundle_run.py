@@ -10,7 +10,8 @@ in order, and ``--key value`` overrides. With ``nproc`` the same command runs un
     run_bundle("glmae_pretraining", ["train.json", "quickstart.json"], {"max_epochs": 2}, log_file="log.txt")
     print(display_command("glmae_btcv_segmentation", ["train.json", "evaluate.json"]))
 
-Importable as ``tools.bundle_run`` with the repository root on ``sys.path`` (``tools`` is a namespace package).
+Importable as ``tools.bundle_run`` once the repository is installed (``pip install -e .`` installs ``tools`` beside
+``custom_components``).
 """
 
 from __future__ import annotations

@@ -19,23 +19,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import nibabel as nib
 import numpy as np
 import torch
+from monai.bundle import ConfigParser
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # run as `python tools/crop_retrieval.py` from a checkout without installing
-    sys.path.insert(0, REPO_ROOT)
-
-from monai.bundle import ConfigParser  # noqa: E402
-
-from custom_components.data import load_datalist, write_synthetic_dataset  # noqa: E402
-from custom_components.handlers import read_embeddings  # noqa: E402
-from custom_components.probes import EncoderSize, crop_retrieval, init_encoder_state  # noqa: E402
-from tools.bundle_run import PRETRAINING_BUNDLE, bundle_dir, run_bundle  # noqa: E402
+from custom_components.data import load_datalist
+from custom_components.handlers import read_embeddings
+from custom_components.probes import EncoderSize, crop_retrieval, init_encoder_state
+from custom_components.synthetic import write_synthetic_dataset
+from tools.bundle_run import PRETRAINING_BUNDLE, bundle_dir, run_bundle
 
 EMBEDDINGS = {"mean": False, "cls": True}  # embedding name -> read_embeddings(cls=...)
 

@@ -33,17 +33,12 @@ import csv
 import json
 import os
 import statistics
-import sys
 import time
 
 from PIL import Image, ImageDraw
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # run as `python tools/label_efficiency.py` from a checkout without installing
-    sys.path.insert(0, REPO_ROOT)
-
-from tools.bundle_run import PRETRAINING_BUNDLE, finetuning_bundles, run_bundle  # noqa: E402
-from tools.plots import draw_legend, draw_lines  # noqa: E402
+from tools.bundle_run import PRETRAINING_BUNDLE, finetuning_bundles, run_bundle
+from tools.plots import draw_legend, draw_lines
 
 DEFAULT_BUNDLE = "glmae_btcv_segmentation"
 

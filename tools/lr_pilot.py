@@ -24,16 +24,12 @@ import argparse
 import csv
 import math
 import os
-import sys
 
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tools.bundle_run import run_bundle  # noqa: E402
-
-from custom_components.handlers.training_log import read_training_log  # noqa: E402
-from custom_components.handlers.validation_log import PLOT_SIZE, plot_curves  # noqa: E402
+from custom_components.handlers.training_log import read_training_log
+from custom_components.handlers.validation_log import PLOT_SIZE, plot_curves
+from tools.bundle_run import run_bundle
 
 #: pre-training overlays and overrides of each preset (on train.json)
 PRESETS = {

@@ -12,12 +12,6 @@ import argparse
 import json
 import sys
 from collections import Counter
-from pathlib import Path
-
-try:
-    import custom_components  # noqa: F401
-except ImportError:  # run as `python tools/make_ccccii_datalist.py` from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from custom_components.data import CCCCII_CLASSES, load_classification_datalist, write_classification_datalist
 

@@ -20,11 +20,6 @@ import json
 import sys
 from pathlib import Path
 
-try:
-    import custom_components  # noqa: F401
-except ImportError:  # run as `python tools/make_datalist.py` from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from custom_components.data import write_brats2021_datalist, write_datalist_from_folder
 
 

@@ -13,12 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-try:
-    import custom_components  # noqa: F401
-except ImportError:  # run as `python tools/make_synthetic_data.py` from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from custom_components.data import BRATS_LAYOUTS, SYNTHETIC_TASKS, write_synthetic_dataset
+from custom_components.data import BRATS_LAYOUTS
+from custom_components.synthetic import SYNTHETIC_TASKS, write_synthetic_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -46,20 +46,16 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # run as `python tools/pretraining_study.py` from a checkout without installing
-    sys.path.insert(0, REPO_ROOT)
-
-from custom_components.data import ensure_synthetic_dataset, load_datalist  # noqa: E402
-from custom_components.handlers.training_log import read_training_log  # noqa: E402
-from custom_components.probes import draw_splits, encoder_size, init_encoder_state  # noqa: E402
-from custom_components.weights import load_state_dict_file, save_state_dict, to_vit_state_dict  # noqa: E402
-from tools import probe_encoder  # noqa: E402
-from tools.bundle_run import PRETRAINING_BUNDLE, run_bundle  # noqa: E402
-from tools.plots import plot_panels  # noqa: E402
+from custom_components.data import load_datalist
+from custom_components.handlers.training_log import read_training_log
+from custom_components.probes import draw_splits, encoder_size, init_encoder_state
+from custom_components.synthetic import ensure_synthetic_dataset
+from custom_components.weights import load_state_dict_file, save_state_dict, to_vit_state_dict
+from tools import probe_encoder
+from tools.bundle_run import PRETRAINING_BUNDLE, run_bundle
+from tools.plots import plot_panels
 
 RANDOM = "random (0-step)"
 #: arm -> (pre-training overlays after train.json + the preset, overrides); None: not pre-trained

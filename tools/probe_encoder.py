@@ -45,17 +45,13 @@ from collections.abc import Sequence
 
 import torch
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # run as `python tools/probe_encoder.py` from a checkout without installing
-    sys.path.insert(0, REPO_ROOT)
-
-from custom_components.probes import (  # noqa: E402
+from custom_components.probes import (
     EncoderSize, ProbeData, ProbeSettings, datalist_probe_data, draw_splits, encoder_features, evaluate_features,
     init_encoder_state, load_frozen_encoder, organ_oracle_features, position_features, raw_position_features,
     resolve_num_heads,
     synthetic_probe_data, token_grid, vit_size,
 )
-from tools.plots import plot_panels  # noqa: E402
+from tools.plots import plot_panels
 
 PROBE_TITLES = {"knn": "Token k-NN (DINO: cosine, k = 20, T = 0.07), balanced accuracy",
                 "linear": "Token linear probe (logistic regression, C = 1), balanced accuracy",

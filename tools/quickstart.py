@@ -16,16 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # run as `python tools/quickstart.py` from a checkout without installing
-    sys.path.insert(0, REPO_ROOT)
-
-from custom_components.handlers.training_log import read_training_log  # noqa: E402
-from tools.bundle_run import (PRETRAINING_BUNDLE, bundle_dir, display_command, finetuning_bundles,  # noqa: E402
-                               run_bundle)
+from custom_components.handlers.training_log import read_training_log
+from tools.bundle_run import PRETRAINING_BUNDLE, bundle_dir, display_command, finetuning_bundles, run_bundle
 
 CONFIGS = ["train.json", "quickstart.json"]
 #: what to run next on the model the quickstart trained: (what it does, configs). quickstart.json rebuilds the

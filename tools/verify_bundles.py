@@ -53,20 +53,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from ignite.engine import Engine
+from monai.apps.utils import check_hash
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, onnx_export, verify_metadata, verify_net_in_out
+from monai.bundle.properties import BundleProperty, BundlePropertyConfig
+
+from custom_components.handlers import ModelCheckpointLoader
+from tools.bundle_run import BUNDLES
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # run as `python tools/verify_bundles.py` from a checkout without installing
-    sys.path.insert(0, REPO_ROOT)
-
-from ignite.engine import Engine  # noqa: E402
-from monai.bundle import (ConfigParser, ConfigWorkflow, ckpt_export, onnx_export, verify_metadata,  # noqa: E402
-                          verify_net_in_out)
-from monai.apps.utils import check_hash  # noqa: E402
-from monai.bundle.properties import BundleProperty, BundlePropertyConfig  # noqa: E402
-
-from custom_components.handlers import ModelCheckpointLoader  # noqa: E402
-from tools.bundle_run import BUNDLES  # noqa: E402
-
 #: the copy of the metadata schema the bundles name (``"schema"`` in metadata.json ends with its file name).
 SCHEMA = os.path.join(REPO_ROOT, "tools", "schemas", "meta_schema_20240725.json")
 #: md5 of the published schema file (the value MONAI's own tests pin); the copy must be that file.

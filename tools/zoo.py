@@ -171,8 +171,6 @@ def check_weights(bundle: Path) -> None:
     from ignite.engine import Engine
     from monai.bundle import ConfigParser
 
-    if str(REPO_ROOT) not in sys.path:  # the configs import custom_components, from this checkout if not installed
-        sys.path.insert(0, str(REPO_ROOT))
     from custom_components.handlers import ModelCheckpointLoader
 
     configs = bundle / "configs"

@@ -1,5 +1,8 @@
-"""Datalist readers and writers (decathlon JSON, AMOS22, BraTS layouts), and the synthetic CT and brain MRI
-generators used instead of downloads."""
+"""Datalist readers and writers (decathlon JSON with folds, classification JSON/CSV, AMOS22, BraTS layouts).
+
+The synthetic datasets that stand in for downloads are in :mod:`custom_components.synthetic`, a layer above this
+one: it writes with these writers, and nothing here imports it.
+"""
 
 from .amos import amos_ct_cases
 from .brats import (
@@ -11,34 +14,24 @@ from .brats import (
     brats_label_mapping,
     write_brats2021_datalist,
 )
-from .classification import (classification_inference_datalist, load_classification_datalist,
+from .classification import (CCCCII_CLASSES, classification_inference_datalist, load_classification_datalist,
                              write_classification_datalist)
 from .datalist import inference_datalist, load_datalist, write_datalist_from_folder
-from .synthetic import SYNTHETIC_TASKS, ensure_synthetic_dataset, make_synthetic_ct, write_synthetic_dataset
-from .synthetic_classification import (CCCCII_CLASSES, ensure_synthetic_classification_dataset, make_synthetic_scan,
-                                       write_synthetic_classification_dataset)
 
 __all__ = [
     "BRATS_LAYOUTS",
+    "CCCCII_CLASSES",
     "LABEL_CLASSES",
     "MODALITIES",
-    "SYNTHETIC_TASKS",
     "amos_ct_cases",
     "brats2021_case",
     "brats_inference_datalist",
     "brats_label_mapping",
-    "ensure_synthetic_dataset",
-    "inference_datalist",
-    "load_datalist",
-    "make_synthetic_ct",
-    "write_brats2021_datalist",
-    "write_datalist_from_folder",
-    "write_synthetic_dataset",
-    "CCCCII_CLASSES",
     "classification_inference_datalist",
-    "ensure_synthetic_classification_dataset",
+    "inference_datalist",
     "load_classification_datalist",
-    "make_synthetic_scan",
+    "load_datalist",
+    "write_brats2021_datalist",
     "write_classification_datalist",
-    "write_synthetic_classification_dataset",
+    "write_datalist_from_folder",
 ]

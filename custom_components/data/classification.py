@@ -21,16 +21,18 @@ from typing import Any
 
 from custom_components.transforms.slices import SLICE_SUFFIXES, natural_key
 
-from .datalist import (FOLD_SECTIONS, _absolute, _read_json, _resolve_base_dir, _split_fold, _validate_num_labelled,
+from .datalist import (FOLD_SECTIONS, absolute_path, read_json, resolve_base_dir, split_fold, validate_num_labelled,
                        write_decathlon_json)
 
 __all__ = [
-    "VOLUME_SUFFIXES", "class_index", "classification_inference_datalist", "find_scans",
+    "CCCCII_CLASSES", "VOLUME_SUFFIXES", "class_index", "classification_inference_datalist", "find_scans",
     "load_classification_datalist", "write_classification_datalist",
 ]
 
 logger = logging.getLogger("custom_components")
 
+#: CC-CCII's classes in class-index order: novel coronavirus pneumonia, common pneumonia, normal.
+CCCCII_CLASSES = ("NCP", "CP", "Normal")
 #: file name endings read as one volume per file (anything else in a patient folder that is not a folder is skipped).
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npy")
 
@@ -93,11 +95,11 @@ def load_classification_datalist(
             ``require_label``, a fold that is not an int, a patient in two folds, or the requested fold is empty.
     """
     path = Path(datalist).expanduser().absolute()
-    base = _resolve_base_dir(path, base_dir)
+    base = resolve_base_dir(path, base_dir)
     if fold is not None and (isinstance(fold, bool) or not isinstance(fold, int)):
         raise ValueError(f"fold must be an int or None, got {fold!r}.")
     if num_labelled is not None:
-        _validate_num_labelled(num_labelled, section)
+        validate_num_labelled(num_labelled, section)
     source, raw = _raw_section(path, section, fold)
     entries = [_entry(item, index, source, class_names, base, path) for index, item in enumerate(raw)]
     _check_patients_in_one_fold(entries, source, path)
@@ -107,7 +109,7 @@ def load_classification_datalist(
         if missing:
             raise ValueError(f"datalist '{path}': entry {missing[0]} of section '{source}' has no 'fold' while other "
                              "entries have one.")
-        selected = _split_fold(entries, section, fold, path)
+        selected = split_fold(entries, section, fold, path)
     if num_labelled is not None:
         if num_labelled > len(selected):
             raise ValueError(f"datalist '{path}': num_labelled={num_labelled} but the training split has only "
@@ -272,7 +274,7 @@ def _raw_section(path: Path, section: str, fold: int | None) -> tuple[str, list]
     """The raw entries to read and the section they come from (``"training"`` for a fold split)."""
     if path.suffix.lower() == ".csv":
         return section, _read_csv(path)
-    content = _read_json(path)
+    content = read_json(path)
     training = content.get("training")
     with_folds = isinstance(training, list) and any(isinstance(e, dict) and "fold" in e for e in training)
     source = "training" if fold is not None and section in FOLD_SECTIONS and with_folds else section
@@ -308,7 +310,7 @@ def _entry(item: Any, index: int, section: str, class_names: Sequence[str], base
         raise ValueError(f"{where} must be a dict (or a path), got {type(item).__name__}: {item!r}.")
     if not isinstance(item.get("image"), str) or not item["image"]:
         raise ValueError(f"{where} has no 'image' path (it has {sorted(item)}).")
-    entry = dict(item, image=_absolute(item["image"], base))
+    entry = dict(item, image=absolute_path(item["image"], base))
     if entry.get("label") in (None, ""):
         entry.pop("label", None)
     else:

@@ -16,10 +16,16 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FOLD_SECTIONS",
     "PATH_KEYS",
+    "absolute_path",
     "inference_datalist",
     "load_datalist",
+    "read_json",
+    "resolve_base_dir",
+    "split_fold",
     "training_entries",
+    "validate_num_labelled",
     "write_datalist_from_folder",
     "write_decathlon_json",
 ]
@@ -72,12 +78,12 @@ def load_datalist(
     """
     path = Path(datalist).expanduser().absolute()
     keys = _validate_keys(keys)
-    base = _resolve_base_dir(path, base_dir)
+    base = resolve_base_dir(path, base_dir)
     if fold is not None and (isinstance(fold, bool) or not isinstance(fold, int)):
         raise ValueError(f"fold must be an int or None, got {fold!r}.")
     if num_labelled is not None:
-        _validate_num_labelled(num_labelled, section)
-    content = _read_json(path)
+        validate_num_labelled(num_labelled, section)
+    content = read_json(path)
 
     training = _entries_with_folds(content, section, fold, keys, base, path)
     if training is None:
@@ -90,7 +96,7 @@ def load_datalist(
                 "its explicit 'validation' section is ignored."
             )
         source, entries = "training", training
-        selected = _split_fold(entries, section, fold, path)
+        selected = split_fold(entries, section, fold, path)
     if num_labelled is not None:
         if num_labelled > len(selected):
             split = "the training section" if training is None else f"the training split of fold {fold}"
@@ -255,7 +261,8 @@ def _validate_keys(keys: Sequence[str] | str) -> tuple[str, ...]:
     return keys
 
 
-def _resolve_base_dir(path: Path, base_dir: str | os.PathLike | None) -> Path:
+def resolve_base_dir(path: Path, base_dir: str | os.PathLike | None) -> Path:
+    """The folder that relative paths of the datalist ``path`` are read from: ``base_dir``, else the datalist's."""
     if base_dir is None:
         return path.parent
     base = Path(base_dir).expanduser().absolute()
@@ -264,7 +271,8 @@ def _resolve_base_dir(path: Path, base_dir: str | os.PathLike | None) -> Path:
     return base
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object of the datalist ``path``; the errors name the file (and the place of a syntax error)."""
     if not path.is_file():
         raise FileNotFoundError(f"datalist file '{path}' does not exist.")
     try:
@@ -306,15 +314,16 @@ def _resolve_entry(item: Any, index: int, section: str, keys: tuple[str, ...], b
     for key in _path_keys(entry, keys):
         value = entry[key]
         if isinstance(value, str):
-            entry[key] = _absolute(value, base)
+            entry[key] = absolute_path(value, base)
         elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            entry[key] = [_absolute(v, base) for v in value]
+            entry[key] = [absolute_path(v, base) for v in value]
         else:
             raise ValueError(f"{where}: '{key}' must be a path or a non-empty list of paths, got {value!r}.")
     return entry
 
 
-def _absolute(value: str, base: Path) -> str:
+def absolute_path(value: str, base: Path) -> str:
+    """``value`` (``~`` expanded) joined to ``base`` when relative, normalised."""
     return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
 
 
@@ -349,7 +358,8 @@ def _entries_with_folds(
     return entries
 
 
-def _split_fold(entries: list[dict], section: str, fold: int, path: Path) -> list[int]:
+def split_fold(entries: list[dict], section: str, fold: int, path: Path) -> list[int]:
+    """Indices of ``entries`` in ``fold`` for the ``validation`` section, of all the others for ``training``."""
     in_fold = [i for i, entry in enumerate(entries) if entry["fold"] == fold]
     if not in_fold:
         folds = sorted({entry["fold"] for entry in entries}, key=str)
@@ -363,7 +373,8 @@ def _split_fold(entries: list[dict], section: str, fold: int, path: Path) -> lis
     return rest
 
 
-def _validate_num_labelled(num_labelled: int, section: str) -> None:
+def validate_num_labelled(num_labelled: int, section: str) -> None:
+    """Check that ``num_labelled`` is a positive int asked of the ``training`` section."""
     if isinstance(num_labelled, bool) or not isinstance(num_labelled, int) or num_labelled < 1:
         raise ValueError(f"num_labelled must be a positive int or None, got {num_labelled!r}.")
     if section != "training":

@@ -12,7 +12,7 @@ from monai.utils import convert_to_tensor
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from custom_components.engines.monitors import cross_volume_cosine
+from custom_components.collapse_metrics import cross_volume_cosine
 from custom_components.losses.glmae_loss import GLMAELoss
 from custom_components.networks.glmae import EMATeacher
 from custom_components.precision import native_bf16

@@ -40,17 +40,35 @@ def scaled_learning_rate(base_lr: float, batch_size: int, accumulation_steps: in
     return lr
 
 
-def param_groups_weight_decay(network: nn.Module, weight_decay: float) -> list[dict]:
-    """Two parameter groups: decay on weight matrices, none on biases, norms, tokens and 1-D parameters.
+def param_groups_weight_decay(network: nn.Module, weight_decay: float, lr_scales: dict[str, float] | None = None,
+                              base_lr: float | None = None) -> list[dict]:
+    """Parameter groups: decay on weight matrices, none on biases, norms, tokens and 1-D parameters.
 
     Frozen parameters (``requires_grad=False``, e.g. fixed position embeddings) are left out.
+
+    ``lr_scales`` maps a parameter-name prefix (e.g. ``"head."``, the DINO projection head of ``GLMAE``) to a
+    factor on ``base_lr``: the parameters under it get their own two groups with ``lr = base_lr * factor`` (a
+    learning-rate schedule then scales every group alike). Without it: two groups, decay first, at the optimiser's
+    ``lr``.
     """
-    decay, no_decay = [], []
+    lr_scales = {prefix: scale for prefix, scale in (lr_scales or {}).items() if scale != 1.0}
+    if lr_scales and base_lr is None:
+        raise ValueError(f"lr_scales {lr_scales} need base_lr, the learning rate they scale.")
+    if any(scale <= 0 for scale in lr_scales.values()):
+        raise ValueError(f"learning-rate scales must be positive, got {lr_scales}.")
+    names = [name for name, _ in network.named_parameters()]
+    for prefix in lr_scales:
+        if not any(name.startswith(prefix) for name in names):
+            raise ValueError(f"no parameter of {type(network).__name__} starts with {prefix!r} (lr_scales); its "
+                             f"top-level modules: {sorted({n.split('.')[0] for n in names})}.")
+    groups: dict[str | None, tuple[list, list]] = {prefix: ([], []) for prefix in [None, *lr_scales]}
     for name, param in network.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim <= 1 or name.endswith(".bias") or "token" in name:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decay, no_decay = groups[next((p for p in lr_scales if name.startswith(p)), None)]
+        (no_decay if param.ndim <= 1 or name.endswith(".bias") or "token" in name else decay).append(param)
+    out = []
+    for prefix, (decay, no_decay) in groups.items():
+        lr = {} if prefix is None else {"lr": base_lr * lr_scales[prefix]}
+        out += [{"params": decay, "weight_decay": weight_decay, **lr}, {"params": no_decay, "weight_decay": 0.0, **lr}]
+    return out

@@ -78,6 +78,9 @@ class ConfusionMatrixSaver:
         ValueError: fewer than two class names; a class index outside ``0..K-1`` during the run.
     """
 
+    #: the counts are summed across ranks, so every rank runs it (read by ``distributed.handlers_for_rank``).
+    every_rank = True
+
     def __init__(self, output_dir: str | os.PathLike, class_names: Sequence[str],
                  output_transform: Callable = from_engine(["pred", "label"])) -> None:
         if len(class_names) < 2:

@@ -14,7 +14,7 @@ from monai.transforms import CenterSpatialCrop
 from monai.utils import convert_to_tensor
 from PIL import Image, ImageDraw
 
-from custom_components.losses.reconstruction import patchify, unpatchify
+from custom_components.geometry import patchify, unpatchify
 from custom_components.transforms.io import case_name
 from custom_components.weights import load_state_dict_file
 

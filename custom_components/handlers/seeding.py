@@ -25,6 +25,9 @@ class SeedEachEpoch:
         dataset: the training dataset whose random transforms are reseeded (MONAI ``Dataset``/``CacheDataset``).
     """
 
+    #: every rank seeds its own stream (read by ``custom_components.distributed.handlers_for_rank``).
+    every_rank = True
+
     def __init__(self, seed: int = 0, dataset: Dataset | None = None) -> None:
         self.seed = seed
         self.dataset = dataset

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from PIL import Image, ImageDraw
 
-from custom_components.engines.monitors import cross_volume_cosine
+from custom_components.collapse_metrics import cross_volume_cosine
 from custom_components.files import atomic_write
 from custom_components.handlers.validation_log import PLOT_SIZE, plot_curves
 

@@ -1,8 +1,5 @@
 from custom_components.losses.consistency import CosineConsistencyLoss, DINOConsistencyLoss
 from custom_components.losses.glmae_loss import LOSS_TERMS, GLMAELoss
-from custom_components.losses.reconstruction import MaskedReconstructionLoss, patchify, unpatchify
+from custom_components.losses.reconstruction import MaskedReconstructionLoss
 
-__all__ = [
-    "CosineConsistencyLoss", "DINOConsistencyLoss", "GLMAELoss", "LOSS_TERMS", "MaskedReconstructionLoss",
-    "patchify", "unpatchify",
-]
+__all__ = ["CosineConsistencyLoss", "DINOConsistencyLoss", "GLMAELoss", "LOSS_TERMS", "MaskedReconstructionLoss"]

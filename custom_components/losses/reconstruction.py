@@ -5,27 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["patchify", "unpatchify", "MaskedReconstructionLoss"]
+from custom_components.geometry import patchify
 
-
-def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Cut ``[B, C, H, W, D]`` into patches ``[B, N, P³C]`` in the encoder's token order (H-major, then W, then D)."""
-    b, c, h, w, d = images.shape
-    p = patch_size
-    if h % p or w % p or d % p:
-        raise ValueError(f"image size {(h, w, d)} must be a multiple of patch_size {p}.")
-    x = images.reshape(b, c, h // p, p, w // p, p, d // p, p)
-    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # b, gh, gw, gd, ph, pw, pd, c
-    return x.reshape(b, (h // p) * (w // p) * (d // p), p**3 * c)
-
-
-def unpatchify(patches: torch.Tensor, patch_size: int, grid: tuple[int, int, int], channels: int = 1) -> torch.Tensor:
-    """Inverse of :func:`patchify`: ``[B, N, P³C]`` -> ``[B, C, H, W, D]`` for a token ``grid``."""
-    b = patches.shape[0]
-    p = patch_size
-    gh, gw, gd = grid
-    x = patches.reshape(b, gh, gw, gd, p, p, p, channels).permute(0, 7, 1, 4, 2, 5, 3, 6)
-    return x.reshape(b, channels, gh * p, gw * p, gd * p)
+__all__ = ["MaskedReconstructionLoss"]
 
 
 class MaskedReconstructionLoss(nn.Module):

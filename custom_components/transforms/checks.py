@@ -16,7 +16,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import ImageMetaKey
 
-__all__ = ["CheckImaged", "CheckLabeld", "source_file"]
+__all__ = ["CheckImaged", "CheckLabeld", "as_tensor", "listed_values", "source_file"]
 
 UNKNOWN_FILE = "<unknown file>"
 AFFINE_TOLERANCE = 1e-3
@@ -67,7 +67,7 @@ class CheckImaged(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            image, name = _as_tensor(d[key]), source_file(d, key)
+            image, name = as_tensor(d[key]), source_file(d, key)
             shape = tuple(image.shape)
             if image.ndim != self.spatial_dims + 1:
                 raise ValueError(
@@ -128,7 +128,7 @@ class CheckLabeld(MapTransform):
             raise ValueError(f"CheckLabeld: image key '{self.image_key}' is not in the data (keys: {list(d)}).")
         image, image_name = d[self.image_key], source_file(d, self.image_key)
         for key in self.key_iterator(d):
-            label, name = _as_tensor(d[key]), source_file(d, key)
+            label, name = as_tensor(d[key]), source_file(d, key)
             pair = f"label '{name}' (key '{key}') and image '{image_name}' (key '{self.image_key}')"
             label_shape, image_shape = tuple(label.shape[1:]), tuple(image.shape[1:])
             if label_shape != image_shape:
@@ -151,14 +151,14 @@ class CheckLabeld(MapTransform):
         if label.is_floating_point():
             non_integer = label != torch.round(label)  # NaN counts as non-integer
             if non_integer.any():
-                found = _listed(torch.unique(label[non_integer]))
+                found = listed_values(torch.unique(label[non_integer]))
                 raise ValueError(
                     f"{what} has {int(non_integer.sum())} non-integer voxel(s), e.g. values {found}; expected classes "
                     f"0..{self.num_classes - 1}."
                 )
         outside = (label < 0) | (label > self.num_classes - 1)
         if outside.any():
-            found = _listed(torch.unique(label[outside]))
+            found = listed_values(torch.unique(label[outside]))
             raise ValueError(
                 f"{what} has {int(outside.sum())} voxel(s) with values outside 0..{self.num_classes - 1}: {found}."
             )
@@ -177,12 +177,12 @@ def _affine(data: Mapping[Hashable, Any], key: Hashable) -> np.ndarray | None:
     return None if affine is None else np.asarray(affine, dtype=np.float64)
 
 
-def _as_tensor(value: Any) -> torch.Tensor:
+def as_tensor(value: Any) -> torch.Tensor:
     """A plain tensor view of an array, tensor or MetaTensor."""
     return value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(np.asarray(value))
 
 
-def _listed(values: torch.Tensor) -> str:
+def listed_values(values: torch.Tensor) -> str:
     """The first ``MAX_LISTED_VALUES`` of sorted ``values`` as text, with a count of the others."""
     shown = [v.item() for v in values[:MAX_LISTED_VALUES]]
     text = ", ".join(f"{v:g}" for v in shown)

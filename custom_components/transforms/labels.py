@@ -10,7 +10,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 
-from custom_components.transforms.checks import _as_tensor, _listed, source_file
+from custom_components.transforms.checks import as_tensor, listed_values, source_file
 
 __all__ = ["RemapLabeld", "parse_label_mapping"]
 
@@ -83,7 +83,7 @@ class RemapLabeld(MapTransform):
         source = torch.tensor(list(self.table), dtype=torch.int64)
         target = torch.tensor(list(self.table.values()), dtype=torch.int64)
         for key in self.key_iterator(d):
-            label = _as_tensor(d[key])
+            label = as_tensor(d[key])
             values = label.to(torch.int64)
             position = torch.searchsorted(source, values).clamp_(max=len(source) - 1)
             unknown = (source[position] != values) | (values != label)
@@ -91,7 +91,7 @@ class RemapLabeld(MapTransform):
                 what = "class indices" if self.inverse else "raw label values"
                 raise ValueError(
                     f"label '{source_file(d, key)}' (key '{key}') has {int(unknown.sum())} voxel(s) with values the "
-                    f"label mapping does not list: {_listed(torch.unique(label[unknown]))}; known {what}: "
+                    f"label mapping does not list: {listed_values(torch.unique(label[unknown]))}; known {what}: "
                     f"{', '.join(map(str, self.table))}."
                 )
             d[key] = convert_to_dst_type(target[position], d[key], dtype=label.dtype)[0]

@@ -15,7 +15,7 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 
-from custom_components.transforms.checks import _as_tensor
+from custom_components.transforms.checks import as_tensor
 
 __all__ = ["LabelToRegionsd", "RegionsToLabeld", "label_to_regions", "regions_to_label"]
 
@@ -56,7 +56,7 @@ def painting_order(regions: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
 def label_to_regions(label: NdarrayOrTensor, regions: Sequence[Sequence[int]]) -> NdarrayOrTensor:
     """``[1, *spatial]`` class map -> ``[R, *spatial]`` binary map, channel ``r`` = voxels whose class is in
     ``regions[r]`` (same type, dtype and metadata as ``label``)."""
-    values = _as_tensor(label)
+    values = as_tensor(label)
     if values.shape[0] != 1:
         raise ValueError(f"label must be a class map [1, *spatial], got shape {tuple(values.shape)}.")
     channels = [torch.isin(values[0], torch.tensor(sorted(r), device=values.device)) for r in _validated(regions)]
@@ -66,7 +66,7 @@ def label_to_regions(label: NdarrayOrTensor, regions: Sequence[Sequence[int]]) -
 def regions_to_label(regions_map: NdarrayOrTensor, regions: Sequence[Sequence[int]]) -> NdarrayOrTensor:
     """``[R, *spatial]`` binary map -> ``[1, *spatial]`` class map painted in :func:`painting_order` (a voxel in
     WT and TC but not ET gets TC's own class; ET without TC still gets ET's class)."""
-    values = _as_tensor(regions_map)
+    values = as_tensor(regions_map)
     order = painting_order(regions)
     if values.shape[0] != len(order):
         raise ValueError(f"regions map has {values.shape[0]} channels, expected {len(order)} (one per region).")

@@ -15,7 +15,8 @@ import torch
 from monai.bundle import ConfigParser
 from monailabel.utils.others.class_utils import module_from_file
 
-from custom_components.data import SYNTHETIC_TASKS, load_datalist, make_synthetic_scan, write_synthetic_dataset
+from custom_components.data import load_datalist
+from custom_components.synthetic import SYNTHETIC_TASKS, make_synthetic_scan, write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 APP_DIR = REPO / "monailabel_app"

@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from unittest import mock
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from custom_components.engines import GLMAETrainer, param_groups_weight_decay  # noqa: E402
-from custom_components.losses import GLMAELoss  # noqa: E402
-from custom_components.networks import GLMAE, EMATeacher  # noqa: E402
-from custom_components.networks import vit as vit_module  # noqa: E402
+from custom_components.engines import GLMAETrainer, param_groups_weight_decay
+from custom_components.losses import GLMAELoss
+from custom_components.networks import GLMAE, EMATeacher
+from custom_components.networks import vit as vit_module
 
 SIZES = dict(hidden_size=48, mlp_dim=96, num_layers=2, num_heads=4, decoder_hidden_size=48, decoder_num_layers=1,
              decoder_num_heads=4, head_out_dim=32, head_hidden_dim=64, head_bottleneck_dim=16)

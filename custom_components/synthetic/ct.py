@@ -29,7 +29,7 @@ Each fine-tuning task's layout is a few arguments (``SYNTHETIC_TASKS`` lists the
 the raw values the labels hold on disk (``label_values``, e.g. MM-WHS's 205, 420, ... 850), the voxel spacing
 (anisotropic for COVID-19-20), and ``lesions=True`` for small lesion-like structures: 2-5 blobs of ground-glass HU
 (-700..-250) inside the lungs, labelled 1, with the abdominal organs left unlabelled as context. The BraTS bundle's
-layout (``brain_mri=True``) is four-modality brain MRI instead, written by :mod:`.synthetic_mri`.
+layout (``brain_mri=True``) is four-modality brain MRI instead, written by :mod:`custom_components.synthetic.mri`.
 """
 
 from __future__ import annotations
@@ -44,16 +44,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-from filelock import FileLock
 
-from .brats import BRATS_LAYOUTS
-from .datalist import load_datalist, training_entries, write_decathlon_json
+from custom_components.data.brats import BRATS_LAYOUTS
+from custom_components.data.datalist import load_datalist, training_entries, write_decathlon_json
+from custom_components.geometry import rotation_matrix
+from custom_components.synthetic.mri import write_brain_mri_dataset
+from custom_components.synthetic.writers import DATALIST_FILE, nifti_affine, save_nifti, writer_lock
 
 __all__ = [
-    "BTCV_ORGANS", "SYNTHETIC_TASKS", "ensure_synthetic_dataset", "make_synthetic_ct", "synthetic_ct_profile",
-    "write_synthetic_dataset",
+    "BTCV_ORGANS", "ORGAN_STRUCTURES", "SYNTHETIC_TASKS", "ensure_synthetic_dataset", "make_synthetic_ct",
+    "synthetic_ct_profile", "write_synthetic_dataset",
 ]
 
 logger = logging.getLogger("custom_components")
@@ -73,8 +74,6 @@ TEXTURE_STREAM = 2  # second seed word of the organ_texture generator
 ORGAN_STRUCTURES = ("homogeneous", "vessels", "cortex", "fluid", "gas", "lobulated")  # organ k: (k - 1) % 6
 FLUID_HU = (0.0, 20.0)
 MARKER_FILE = "synthetic_dataset_args.json"
-DATALIST_FILE = "dataset.json"
-LOCK_FILE = ".synthetic_dataset.lock"
 
 
 #: The synthetic layout of each fine-tuning bundle: arguments of :func:`write_synthetic_dataset`.
@@ -205,7 +204,7 @@ def write_synthetic_dataset(
     """Write a synthetic CT dataset as NIfTI files plus a MONAI decathlon-style ``dataset.json``.
 
     With ``brain_mri`` the dataset is four-modality brain MRI with tumours instead, in the MSD Task01 or the
-    BraTS 2021 ``layout`` (see :mod:`custom_components.data.synthetic_mri`; ``num_classes`` must be 4).
+    BraTS 2021 ``layout`` (see :mod:`custom_components.synthetic.mri`; ``num_classes`` must be 4).
 
     Layout under ``out_dir``: ``imagesTr/case_0000.nii.gz`` (int16 HU), ``labelsTr/case_0000.nii.gz`` (uint8,
     when ``labelled``), ``imagesTs/test_0000.nii.gz`` (``num_test`` unlabelled images) and ``dataset.json`` with
@@ -241,28 +240,26 @@ def write_synthetic_dataset(
                            label_values, lesions, brain_mri, layout, organ_texture, shuffle_layout)
     root = Path(out_dir).expanduser().absolute()
     if brain_mri:
-        from .synthetic_mri import write_brain_mri_dataset  # it builds on this module's writers
-
         datalist = write_brain_mri_dataset(root, args)
         logger.info(f"wrote {num_volumes} synthetic brain MRI cases and {num_test} test cases ({layout} layout) to "
                     f"{root}; datalist {datalist}")
         return datalist
     values = None if label_values is None else np.asarray(args["label_values"])
     label_dtype = np.uint8 if values is None or values.max() <= 255 else np.uint16
-    affine = _affine(args["shape"], args["spacing"])
+    affine = nifti_affine(args["shape"], args["spacing"])
     images, labels = [], []
     for index in range(num_volumes):
         image, label = make_synthetic_ct(args["shape"], num_classes, seed + index, varied, lesions,
                                          shuffle_layout=shuffle_layout, organ_texture=organ_texture)
-        images.append(_save_nifti(image, affine, root / "imagesTr" / f"case_{index:04d}.nii.gz", root))
+        images.append(save_nifti(image, affine, root / "imagesTr" / f"case_{index:04d}.nii.gz", root))
         if labelled:
             label = (label if values is None else values[label]).astype(label_dtype)
-            labels.append(_save_nifti(label, affine, root / "labelsTr" / f"case_{index:04d}.nii.gz", root))
+            labels.append(save_nifti(label, affine, root / "labelsTr" / f"case_{index:04d}.nii.gz", root))
     testing = []
     for index in range(num_test):
         image, _ = make_synthetic_ct(args["shape"], num_classes, seed + num_volumes + index, varied, lesions,
                                      shuffle_layout=shuffle_layout, organ_texture=organ_texture)
-        testing.append({"image": _save_nifti(image, affine, root / "imagesTs" / f"test_{index:04d}.nii.gz", root)})
+        testing.append({"image": save_nifti(image, affine, root / "imagesTs" / f"test_{index:04d}.nii.gz", root)})
     if lesions:
         names = ["lesion"]
     else:
@@ -271,7 +268,7 @@ def write_synthetic_dataset(
     datalist = write_decathlon_json(
         root / DATALIST_FILE,
         name="synthetic_ct",
-        description=f"synthetic CT-like volumes made by custom_components.data.make_synthetic_ct, {args}",
+        description=f"synthetic CT-like volumes made by custom_components.synthetic.make_synthetic_ct, {args}",
         labels={str(v): name for v, name in zip(stored, ["background", *names])},
         training=training_entries(images, labels if labelled else None, num_folds),
         testing=testing,
@@ -289,7 +286,7 @@ def ensure_synthetic_dataset(out_dir: str | os.PathLike, **kwargs: Any) -> str:
     The arguments of the last :func:`write_synthetic_dataset` call are stored in ``out_dir/{MARKER_FILE}``;
     the dataset is (re)written when that marker is missing, holds other arguments, or a listed file is gone.
     This makes it cheap to call at the start of every bundle run, e.g.
-    ``"$custom_components.data.ensure_synthetic_dataset(@dataset_dir, num_volumes=8)"``.
+    ``"$custom_components.synthetic.ensure_synthetic_dataset(@dataset_dir, num_volumes=8)"``.
 
     Args:
         out_dir: dataset folder.
@@ -313,16 +310,6 @@ def ensure_synthetic_dataset(out_dir: str | os.PathLike, **kwargs: Any) -> str:
         written = write_synthetic_dataset(root, **call)
         marker.write_text(json.dumps(args, indent=2) + "\n")
     return written
-
-
-def writer_lock(root: Path) -> FileLock:
-    """A lock on the dataset folder ``root`` (created) that makes one process at a time check and write it.
-
-    Under ``torchrun`` every rank evaluates the bundle's config and so calls ``ensure_*`` on the same folder; the
-    others wait on this lock and then reuse what the first one wrote, instead of reading half-written files.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    return FileLock(root / LOCK_FILE)
 
 
 def _is_complete(marker: Path, datalist: Path, args: dict[str, Any]) -> bool:
@@ -402,7 +389,8 @@ def _paint_lesions(image: np.ndarray, label: np.ndarray, axes, lungs, rng) -> No
         offset = direction / np.linalg.norm(direction) * rng.uniform(0.0, 0.55) * lung_radii
         radii = rng.uniform(0.07, 0.14, 3) * np.array([1.0, 1.0, 1.6])
         hu = rng.uniform(*LESION_HU_RANGE)
-        _paint_ellipsoid(image, label, axes, lung_centre + offset, radii, _rotation(rng.uniform(-0.6, 0.6, 3)), hu, 1)
+        rotation = rotation_matrix(rng.uniform(-0.6, 0.6, 3))
+        _paint_ellipsoid(image, label, axes, lung_centre + offset, radii, rotation, hu, 1)
 
 
 def _paint_bones(image: np.ndarray, label: np.ndarray, grid, radius: np.ndarray, centre, semi_axes,
@@ -432,16 +420,7 @@ def _organ_layout(num_organs: int, centre: np.ndarray, semi_axes: np.ndarray, rn
     for c in cell_of[:num_organs]:
         index = np.array([c % 3, (c // 3) % 2, c // 6])
         organ_centre = lower + (index + 0.5 + rng.uniform(-0.12, 0.12, 3)) * cell
-        yield organ_centre, rng.uniform(0.38, 0.48, 3) * cell, _rotation(rng.uniform(-0.4, 0.4, 3))
-
-
-def _rotation(angles: np.ndarray) -> np.ndarray:
-    """Rotation matrix ``[3, 3]`` from three angles (radians) about x, y and z."""
-    (cx, cy, cz), (sx, sy, sz) = np.cos(angles), np.sin(angles)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
+        yield organ_centre, rng.uniform(0.38, 0.48, 3) * cell, rotation_matrix(rng.uniform(-0.4, 0.4, 3))
 
 
 def _ellipsoid_frame(axes, centre, radii, rotation) -> tuple[tuple[slice, ...], np.ndarray]:
@@ -497,24 +476,6 @@ def _paint_structure(image, axes, centre, radii, rotation, structure: str, hu: f
         region[inside & (np.abs(lobes) < 0.15)] = fat_hu
     elif structure != "homogeneous":
         raise ValueError(f"structure must be one of {ORGAN_STRUCTURES}, got {structure!r}.")
-
-
-def _affine(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
-    """RAS affine ``[4, 4]`` with ``spacing`` on the diagonal and the volume centred on the world origin."""
-    affine = np.diag([*spacing, 1.0])
-    affine[:3, 3] = [-(n - 1) * s / 2.0 for n, s in zip(shape, spacing)]
-    return affine
-
-
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, root: Path) -> str:
-    """Save ``array`` with ``affine`` (sform and qform, mm) and return its path relative to ``root``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = nib.Nifti1Image(array, affine)
-    image.header.set_qform(affine, code=1)
-    image.header.set_sform(affine, code=1)
-    image.header.set_xyzt_units("mm")
-    nib.save(image, path)
-    return path.relative_to(root).as_posix()
 
 
 _DEFAULTS = {

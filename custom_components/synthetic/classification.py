@@ -30,22 +30,19 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .classification import load_classification_datalist, write_classification_datalist
-from .synthetic import writer_lock
+from custom_components.data.classification import (CCCCII_CLASSES, load_classification_datalist,
+                                                   write_classification_datalist)
+from custom_components.synthetic.writers import DATALIST_FILE, writer_lock
 
-__all__ = ["CCCCII_CLASSES", "ensure_synthetic_classification_dataset", "make_synthetic_scan",
-           "write_synthetic_classification_dataset"]
+__all__ = ["ensure_synthetic_classification_dataset", "make_synthetic_scan", "write_synthetic_classification_dataset"]
 
 logger = logging.getLogger("custom_components")
 
-#: CC-CCII's classes in class-index order: novel coronavirus pneumonia, common pneumonia, normal.
-CCCCII_CLASSES = ("NCP", "CP", "Normal")
 AIR, TISSUE, LUNG, BONE, VESSEL = 5.0, 170.0, 40.0, 245.0, 150.0
 GROUND_GLASS, CONSOLIDATION = 110.0, 165.0
 NOISE = 6.0
 MEAN_RANGE = (70.0, 100.0)  # every scan's mean grey value is drawn from this range, whatever its class
 MARKER_FILE = "synthetic_classification_args.json"
-DATALIST_FILE = "dataset.json"
 TREE_DIR, TEST_DIR = "ccccii", "test"
 
 
@@ -162,7 +159,7 @@ def ensure_synthetic_classification_dataset(out_dir: str | os.PathLike, **kwargs
     """The datalist of the synthetic dataset in ``out_dir``, written only when missing, made with other arguments
     (recorded in ``out_dir/{MARKER_FILE}``) or incomplete; ``kwargs`` are those of
     :func:`write_synthetic_classification_dataset`. For configs:
-    ``"$custom_components.data.ensure_synthetic_classification_dataset(@dataset_dir, num_patients=30)"``."""
+    ``"$custom_components.synthetic.ensure_synthetic_classification_dataset(@dataset_dir, num_patients=30)"``."""
     root = Path(out_dir).expanduser().absolute()
     marker, datalist = root / MARKER_FILE, root / DATALIST_FILE
     with writer_lock(root):

@@ -1,4 +1,8 @@
-"""Collapse monitors of the consistency branch, computed from one step's features."""
+"""Collapse monitors of the consistency branch, computed from one step's features.
+
+A bottom-layer module: the trainer step computes them on the device every iteration and the training log
+recomputes them across an epoch's batches, so both read them from here rather than one from the other.
+"""
 
 from __future__ import annotations
 

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .brats import BRATS_LAYOUTS, LABEL_CLASSES, MODALITIES, write_brats2021_datalist
-from .datalist import training_entries, write_decathlon_json
-from .synthetic import DATALIST_FILE, _affine, _rotation, _save_nifti
+from custom_components.data.brats import BRATS_LAYOUTS, LABEL_CLASSES, MODALITIES, write_brats2021_datalist
+from custom_components.data.datalist import training_entries, write_decathlon_json
+from custom_components.geometry import rotation_matrix
+from custom_components.synthetic.writers import DATALIST_FILE, nifti_affine, save_nifti
 
 __all__ = ["make_synthetic_brain_mri", "write_brain_mri_dataset"]
 
@@ -103,7 +104,7 @@ def _texture(shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
 
 def write_brain_mri_dataset(root: Path, args: dict[str, Any]) -> str:
     """Write the synthetic brain MRI dataset described by the validated ``args`` of
-    ``custom_components.data.write_synthetic_dataset`` under ``root`` and return its datalist.
+    ``custom_components.synthetic.write_synthetic_dataset`` under ``root`` and return its datalist.
 
     ``layout "msd"``: ``imagesTr/BRATS_000.nii.gz`` (4D), ``labelsTr/BRATS_000.nii.gz`` (1 edema, 2 non-enhancing
     tumour, 3 enhancing tumour), ``imagesTs/BRATS_<n>.nii.gz``. ``layout "brats2021"``:
@@ -113,17 +114,17 @@ def write_brain_mri_dataset(root: Path, args: dict[str, Any]) -> str:
     layout, num_volumes = args["layout"], args["num_volumes"]
     raw_value = {index: raw for raw, index in BRATS_LAYOUTS[layout].items()}
     to_raw = np.array([raw_value[c] for c in range(len(LABEL_CLASSES))], dtype=np.uint8)
-    affine = _affine(args["shape"], args["spacing"])
+    affine = nifti_affine(args["shape"], args["spacing"])
     # made one at a time as they are written, not all held in memory
     cases = (make_synthetic_brain_mri(args["shape"], args["seed"] + i) for i in range(num_volumes + args["num_test"]))
     if layout == "msd":
         images, labels, testing = [], [], []
         for i, (image, label) in enumerate(cases):
             folder = "imagesTr" if i < num_volumes else "imagesTs"
-            path = _save_nifti(image, affine, root / folder / f"BRATS_{i:03d}.nii.gz", root)
+            path = save_nifti(image, affine, root / folder / f"BRATS_{i:03d}.nii.gz", root)
             if i < num_volumes:
                 images.append(path)
-                labels.append(_save_nifti(to_raw[label], affine, root / "labelsTr" / f"BRATS_{i:03d}.nii.gz", root))
+                labels.append(save_nifti(to_raw[label], affine, root / "labelsTr" / f"BRATS_{i:03d}.nii.gz", root))
             else:
                 testing.append({"image": path})
         return write_decathlon_json(
@@ -135,9 +136,9 @@ def write_brain_mri_dataset(root: Path, args: dict[str, Any]) -> str:
         case = f"BraTS2021_{i:05d}"
         folder = root / ("training" if i < num_volumes else "testing") / case
         for channel, modality in enumerate(MODALITIES):
-            _save_nifti(image[..., channel], affine, folder / f"{case}_{modality}.nii.gz", root)
+            save_nifti(image[..., channel], affine, folder / f"{case}_{modality}.nii.gz", root)
         if i < num_volumes:
-            _save_nifti(to_raw[label], affine, folder / f"{case}_seg.nii.gz", root)
+            save_nifti(to_raw[label], affine, folder / f"{case}_seg.nii.gz", root)
     test_dir = root / "testing" if args["num_test"] else None
     return write_brats2021_datalist(root / "training", root / DATALIST_FILE, args["num_folds"], test_dir=test_dir)
 
@@ -146,5 +147,5 @@ def _ellipsoid(grid, centre: Sequence[float], radii: Sequence[float], max_angle:
                rng: np.random.Generator) -> np.ndarray:
     """Boolean mask of an ellipsoid (normalised coordinates), rotated by up to ``max_angle`` radians per axis."""
     offsets = np.stack(np.broadcast_arrays(*(g - c for g, c in zip(grid, centre))), axis=-1)
-    offsets = offsets @ _rotation(rng.uniform(-max_angle, max_angle, 3))
+    offsets = offsets @ rotation_matrix(rng.uniform(-max_angle, max_angle, 3))
     return ((offsets / np.asarray(radii)) ** 2).sum(-1) <= 1.0
