@@ -71,6 +71,10 @@ class LoadReport:
     unexpected: list[str]
     interpolated: bool
     channels_repeated: int
+    #: tensors of the checkpoint that are not the encoder (MAE decoder, projection heads), left out on purpose
+    dropped: int = 0
+    #: the checkpoint's CLS token was left out because the target has none (UNETR, the mean-pooling classifier)
+    cls_dropped: bool = False
 
 
 class _Converted(NamedTuple):
@@ -78,6 +82,7 @@ class _Converted(NamedTuple):
     cls_token: torch.Tensor | None
     source_format: str
     grid: tuple[int, ...] | None
+    dropped: int = 0
 
 
 def encoder_state_dict(network: nn.Module) -> dict[str, torch.Tensor]:
@@ -161,13 +166,21 @@ def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
 
 
 def _from_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm / official GL-MAE backbone -> MONAI ``ViT`` names (MAE decoder dropped, CLS slot cut off ``pos_embed``)."""
+    """timm / official GL-MAE backbone -> MONAI ``ViT`` names (MAE decoder dropped).
+
+    timm adds ``pos_embed[:, 0]`` to the CLS token and ``pos_embed[:, 1:]`` to the patch tokens; MONAI's ``ViT``
+    (and this project's encoder) add position embeddings to the patch tokens only. So the CLS slot is cut off
+    ``pos_embed`` and folded into ``cls_token``: a target with a CLS token computes what the released network does.
+    """
     out = {}
+    has_cls = "cls_token" in state
     for key, value in state.items():
         if key.startswith(("decoder_", "mask_token")):
             continue
         if key == "pos_embed":
-            key, value = POS_KEY, (value[:, 1:].contiguous() if "cls_token" in state else value)
+            key, value = POS_KEY, (value[:, 1:].contiguous() if has_cls else value)
+        elif key == "cls_token" and "pos_embed" in state:
+            value = value + state["pos_embed"][:, :1]
         for old, new in TIMM_RENAMES:
             key = key.replace(old, new)
         out[key] = value
@@ -177,6 +190,7 @@ def _from_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _convert(state: Mapping, name: str) -> _Converted:
     state = {k.removeprefix("module."): v for k, v in _unwrap(state, name).items()}  # DistributedDataParallel
     keys = list(state)
+    num_tensors = len(keys)
     grid = None
     if "position_grid" in state:
         fmt, grid = "glmae-encoder", tuple(int(g) for g in state.pop("position_grid"))
@@ -198,7 +212,8 @@ def _convert(state: Mapping, name: str) -> _Converted:
     else:
         raise ValueError(f"{name}: unknown checkpoint layout; found keys such as {keys[:8]}.")
     cls_token = state.pop("cls_token", None)
-    return _Converted(state, cls_token, fmt, grid)
+    dropped = num_tensors - len(state) - (cls_token is not None) - (grid is not None)
+    return _Converted(state, cls_token, fmt, grid, dropped)
 
 
 def _grid_of(num_tokens: int, grid: Sequence[int] | None, what: str) -> tuple[int, ...]:
@@ -321,6 +336,8 @@ def load_encoder(
         unexpected=[k for k in vit_state if k not in loadable],
         interpolated=interpolated,
         channels_repeated=channels_repeated,
+        dropped=converted.dropped,
+        cls_dropped=converted.cls_token is not None and "cls_token" not in target,
     )
     _log_report(report, name, len(target))
     return report
@@ -332,6 +349,8 @@ def _log_report(report: LoadReport, name: str, num_target: int) -> None:
     adapted = "".join([
         ", position grid interpolated" if report.interpolated else "",
         f", input channels repeated x{report.channels_repeated}" if report.channels_repeated > 1 else "",
+        f", {report.dropped} decoder / head tensors dropped" if report.dropped else "",
+        ", CLS token dropped (the target has none)" if report.cls_dropped else "",
     ])
     harmless = len(report.missing) - len(missing)
     message = (
@@ -344,14 +363,27 @@ def _log_report(report: LoadReport, name: str, num_target: int) -> None:
     logger.log(logging.WARNING if missing or report.unexpected else logging.INFO, message)
 
 
-def load_pretrained_encoder(network: nn.Module, checkpoint: str | os.PathLike | Mapping | None) -> nn.Module:
+def load_pretrained_encoder(network: nn.Module, checkpoint: str | os.PathLike | Mapping | None,
+                            freeze: bool = False) -> nn.Module:
     """Load ``checkpoint`` into ``network`` (its ``.vit`` when present) and return ``network``.
 
-    For bundle configs: ``"$custom_components.weights.load_pretrained_encoder(@network_def, @pretrained_encoder)"``.
-    ``None`` or ``""`` returns the network unchanged (training from scratch).
+    For bundle configs: ``"$custom_components.weights.load_pretrained_encoder(@network_def, @pretrained_encoder,
+    freeze=@freeze_encoder)"``. ``None`` or ``""`` returns the network unchanged (training from scratch).
+    ``freeze`` stops the encoder's parameters from training (``requires_grad=False``): the frozen-encoder
+    evaluation of a pre-training, where only UNETR's convolutional decoder or a classifier's norm and linear
+    layer (a linear probe) learn.
     """
     if checkpoint is None or (isinstance(checkpoint, (str, os.PathLike)) and not str(checkpoint)):
         logger.info("No pretrained encoder given: %s trains from scratch.", type(network).__name__)
-        return network
-    load_encoder(network, checkpoint)
+    else:
+        load_encoder(network, checkpoint)
+    if freeze:
+        encoder = getattr(network, "vit", network)
+        if encoder is network:
+            raise ValueError(f"freeze_encoder: {type(network).__name__} has no .vit encoder to freeze.")
+        for param in encoder.parameters():
+            param.requires_grad_(False)
+        trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
+        logger.info("Encoder frozen%s: %d parameters of %s train.",
+                    "" if checkpoint else " at its random initialisation", trainable, type(network).__name__)
     return network

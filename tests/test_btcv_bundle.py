@@ -51,6 +51,40 @@ def test_finetune_starts_from_the_pretrained_encoder(tmp_path, dataset):
                            glmae.encoder.blocks[5].attn.qkv.weight)
 
 
+def test_the_optimiser_decays_the_encoder_rate_by_layer_only_when_fine_tuning(tmp_path, dataset):
+    """layer_decay defaults to 0.75 with a pretrained_encoder (patch embedding at 0.75^13 of the rate, block 12 at
+    0.75, the decoder at learning_rate) and to 1 from scratch; encoder_learning_rate moves the encoder's rates."""
+    _, encoder = write_encoder(tmp_path / "encoder.pt", hidden_size=48, num_layers=12)
+    for pretrained, extra, patch, top in ((str(encoder), {}, 1e-3 * 0.75**13, 1e-3 * 0.75), (None, {}, 1e-3, 1e-3),
+                                          (str(encoder), {"encoder_learning_rate": 1e-4}, 1e-4 * 0.75**13, 1e-4 * 0.75)):
+        workflow = make_workflow(BUNDLE, ["train.json"], **segmentation_overrides(
+            tmp_path, dataset, pretrained_encoder=pretrained, learning_rate=1e-3, **extra))
+        workflow.initialize()
+        network, optimizer = (workflow.parser.get_parsed_content(k) for k in ("network", "optimizer"))
+
+        def lr(param, groups=optimizer.param_groups):
+            return next(g["lr"] for g in groups if any(p is param for p in g["params"]))
+        assert lr(network.vit.patch_embedding.patch_embeddings.weight) == pytest.approx(patch)
+        assert lr(network.vit.blocks[11].attn.qkv.weight) == pytest.approx(top)
+        assert lr(network.out.conv.conv.weight) == pytest.approx(1e-3)
+
+
+def test_a_frozen_encoder_stays_the_pretrained_one(tmp_path, dataset):
+    """--freeze_encoder True: after training, model.pt holds the pre-trained encoder unchanged and a trained decoder."""
+    glmae, encoder = write_encoder(tmp_path / "encoder.pt", hidden_size=48, num_layers=12)
+    overrides = segmentation_overrides(tmp_path, dataset, pretrained_encoder=str(encoder), freeze_encoder=True,
+                                       max_epochs=1)
+    workflow = make_workflow(BUNDLE, ["train.json"], **overrides)
+    workflow.initialize()
+    network = workflow.parser.get_parsed_content("network")
+    decoder_before = network.out.conv.conv.weight.detach().clone()
+    workflow.run()
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    for key in ("blocks.5.attn.qkv.weight", "blocks.0.mlp.linear1.weight", "patch_embedding.patch_embeddings.weight"):
+        assert torch.equal(state[f"vit.{key}"], glmae.encoder.state_dict()[key]), key
+    assert not torch.equal(state["out.conv.conv.weight"], decoder_before)
+
+
 def test_encoder_of_another_width_is_a_clear_error(tmp_path, dataset):
     _, encoder = write_encoder(tmp_path / "wide_encoder.pt", hidden_size=96, num_layers=1)
     overrides = segmentation_overrides(tmp_path, dataset, pretrained_encoder=str(encoder))

@@ -122,6 +122,23 @@ def test_finetune_starts_from_the_pretrained_encoder(tmp_path, dataset):
                            glmae.encoder.blocks[1].attn.qkv.weight)
 
 
+def test_linear_probe_trains_only_the_norm_and_the_linear_layer(tmp_path, dataset):
+    """--freeze_encoder True is a linear probe: the pre-trained encoder in model.pt is the one given, the head moved."""
+    glmae = GLMAE(img_size=32, hidden_size=48, mlp_dim=96, num_layers=2, num_heads=4, decoder_hidden_size=48,
+                  decoder_num_layers=1, decoder_num_heads=4, head_out_dim=16, head_hidden_dim=32, head_bottleneck_dim=8)
+    save_state_dict(encoder_state_dict(glmae), tmp_path / "encoder.pt")
+    workflow = make_workflow(BUNDLE, ["train.json"], **train_overrides(
+        tmp_path, dataset, pretrained_encoder=str(tmp_path / "encoder.pt"), freeze_encoder=True, max_epochs=1))
+    workflow.initialize()
+    optimizer = workflow.parser.get_parsed_content("optimizer")
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == 4  # norm (weight, bias), head (weight, bias)
+    head_before = workflow.parser.get_parsed_content("network").head.weight.detach().clone()
+    workflow.run()
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert torch.equal(state["vit.blocks.1.attn.qkv.weight"], glmae.encoder.blocks[1].attn.qkv.weight)
+    assert not torch.equal(state["head.weight"], head_before)
+
+
 def corrupt_slice(scan):
     (scan / "3.png").write_bytes(b"not a png")
     return "3.png"

@@ -104,3 +104,31 @@ def test_the_cause_is_the_last_line_when_a_dataloader_worker_fails(tmp_path):
     assert result.returncode != 0
     assert last_line(result).startswith(f"error: ValueError: label '{tmp_path / 'lab.nii.gz'}' (key 'label') has")
     assert "outside 0..13: 40" in last_line(result)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config,option", [("configs/train.json", "--pretrained_encoder"),
+                                           ("configs/inference.json", "--checkpoint")])
+def test_a_truncated_checkpoint_is_the_last_line_naming_it(tmp_path, config, option):
+    """A truncated encoder file given to training, or model.pt at inference: one line, under the traceback."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    image, label = np.zeros((32, 32, 32), np.int16), np.zeros((32, 32, 32), np.uint8)
+    for name, array in (("img.nii.gz", image), ("lab.nii.gz", label)):
+        nib.save(nib.Nifti1Image(array, np.eye(4)), str(tmp_path / name))
+    entry = {"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}
+    (tmp_path / "d.json").write_text(json.dumps({"training": [entry], "validation": [entry], "testing": [entry]}))
+    torch.save({"weight": torch.zeros(64, 64)}, tmp_path / "full.pt")
+    (tmp_path / "truncated.pt").write_bytes((tmp_path / "full.pt").read_bytes()[:500])
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--datalist",
+               str(tmp_path / "d.json"), option, str(tmp_path / "truncated.pt"), "--output_dir", str(tmp_path / "runs"),
+               "--device", "$torch.device('cpu')"]
+    result = subprocess.run(command, cwd=os.path.join(BUNDLES, "glmae_btcv_segmentation"), capture_output=True,
+                            text=True, env=dict(os.environ, PYTHONPATH=REPO_ROOT), timeout=300)
+    assert result.returncode != 0
+    assert str(tmp_path / "truncated.pt") in last_line(result) and "truncated" in last_line(result), last_line(result)
+    assert last_line(result).startswith("error: ValueError: "), last_line(result)

@@ -255,3 +255,15 @@ def test_a_model_of_other_sizes_or_a_missing_one_is_one_clear_sentence(tmp_path)
     with pytest.raises(RuntimeError) as info:
         missing.initialize()
     assert "nowhere/model.pt' does not exist: train first" in str(info.value.__cause__)
+    # a truncated file, and one that holds code to unpickle, are refused in one sentence that names the file
+    truncated, pickled = tmp_path / "truncated.pt", tmp_path / "pickled.pt"
+    truncated.write_bytes(model.read_bytes()[:1000])
+    torch.save({"network": torch.nn.Linear(1, 1)}, pickled)
+    for path, reason in ((truncated, "it is truncated or corrupt"), (pickled, "it holds objects other than tensors")):
+        broken = make_workflow(bundle, ["inference.json"], workflow_type="infer",
+                               **inference_overrides(bundle, datalist, str(path), tmp_path / "out"))
+        with pytest.raises(RuntimeError) as info:
+            broken.initialize()
+        message = str(info.value.__cause__)
+        assert isinstance(info.value.__cause__, ValueError) and "\n" not in message
+        assert message.startswith(f"model checkpoint '{path}' cannot be loaded: {reason}"), message

@@ -1,13 +1,15 @@
-"""Optimiser helpers: the pre-training learning rate for an effective batch, and weight-decay parameter groups."""
+"""Optimiser helpers: the pre-training learning rate for an effective batch, weight-decay parameter groups, and the
+fine-tuning groups with layer-wise learning-rate decay over a ViT encoder."""
 
 from __future__ import annotations
 
 import logging
+import re
 
 import torch.distributed as dist
 import torch.nn as nn
 
-__all__ = ["scaled_learning_rate", "param_groups_weight_decay"]
+__all__ = ["scaled_learning_rate", "param_groups_weight_decay", "param_groups_layer_decay", "encoder_layer_id"]
 
 logger = logging.getLogger("custom_components")
 
@@ -66,9 +68,99 @@ def param_groups_weight_decay(network: nn.Module, weight_decay: float, lr_scales
         if not param.requires_grad:
             continue
         decay, no_decay = groups[next((p for p in lr_scales if name.startswith(p)), None)]
-        (no_decay if param.ndim <= 1 or name.endswith(".bias") or "token" in name else decay).append(param)
+        (no_decay if _no_weight_decay(name, param) else decay).append(param)
     out = []
     for prefix, (decay, no_decay) in groups.items():
         lr = {} if prefix is None else {"lr": base_lr * lr_scales[prefix]}
         out += [{"params": decay, "weight_decay": weight_decay, **lr}, {"params": no_decay, "weight_decay": 0.0, **lr}]
     return out
+
+
+def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases, norms, 1-D parameters, tokens and position embeddings take no weight decay (MAE, DINO)."""
+    return param.ndim <= 1 or name.endswith(".bias") or "token" in name or "position_embeddings" in name
+
+
+_BLOCK = re.compile(r"blocks\.(\d+)\.")
+
+
+def encoder_layer_id(name: str, num_layers: int, encoder: str = "vit") -> int:
+    """The depth of parameter ``name`` for layer-wise learning-rate decay, as MAE's fine-tuning numbers it.
+
+    Under the ``encoder`` module (``UNETR.vit``, ``ViTClassifier.vit``; a ``module.`` prefix of
+    DistributedDataParallel is ignored): the patch embedding (conv, position embeddings) and the CLS token are
+    layer 0, transformer block ``i`` is layer ``i + 1``. Everything else (the encoder's final norm, UNETR's
+    convolutional decoder, a classification head) is layer ``num_layers + 1``, the top.
+    """
+    inner = _under(name, encoder)
+    if inner is None:
+        return num_layers + 1
+    if inner.startswith(("patch_embedding.", "cls_token")):
+        return 0
+    block = _BLOCK.match(inner)
+    return int(block.group(1)) + 1 if block else num_layers + 1
+
+
+def _under(name: str, encoder: str) -> str | None:
+    """``name`` relative to the ``encoder`` module (a DistributedDataParallel ``module.`` prefix ignored), or None."""
+    name = name.removeprefix("module.")
+    return name[len(encoder) + 1:] if name.startswith(f"{encoder}.") else None
+
+
+def param_groups_layer_decay(network: nn.Module, learning_rate: float, weight_decay: float, layer_decay: float = 1.0,
+                             encoder_learning_rate: float | None = None, encoder: str = "vit") -> list[dict]:
+    """Fine-tuning parameter groups: layer-wise learning-rate decay over a ViT encoder, its own encoder rate, and
+    weight decay on weight matrices only.
+
+    The recipe of MAE / BEiT fine-tuning: a parameter at depth ``layer_id`` (:func:`encoder_layer_id`) of an
+    encoder with ``L`` blocks trains at ``encoder_learning_rate * layer_decay ** (L + 1 - layer_id)``, so block
+    ``L`` gets ``layer_decay`` times the encoder rate and the patch embedding ``layer_decay ** (L + 1)`` times.
+    The rest of the network (UNETR's convolutional decoder, a classification head, the encoder's final norm) trains
+    at ``learning_rate``. With ``layer_decay = 1`` and no ``encoder_learning_rate`` every group gets
+    ``learning_rate``. Frozen parameters (``requires_grad=False``, e.g. a frozen encoder) are left out.
+
+    Each group carries ``lr`` (a warm-up / cosine schedule then scales every group alike), ``weight_decay`` (0 for
+    biases, norms, tokens and position embeddings) and ``layer_id``. Logs the rate of the patch embedding, the top
+    block and the decoder.
+
+    Args:
+        network: the fine-tuned network (``UNETR``, ``ViTClassifier``, or either inside DistributedDataParallel).
+        learning_rate: the decoder / head rate, and the encoder's when ``encoder_learning_rate`` is None.
+        weight_decay: AdamW weight decay of weight matrices.
+        layer_decay: the factor per block, in (0, 1]; MAE fine-tunes ViT-B with 0.65, ViT-L and ViT-H with 0.75.
+        encoder_learning_rate: the rate the decay starts from (the top of the encoder).
+        encoder: the attribute that holds the ViT encoder.
+
+    Raises:
+        ValueError: a rate or ``layer_decay`` out of range, or no encoder (``blocks.<i>``) under ``encoder``.
+    """
+    encoder_learning_rate = learning_rate if encoder_learning_rate is None else encoder_learning_rate
+    if learning_rate <= 0 or encoder_learning_rate <= 0 or not 0 < layer_decay <= 1:
+        raise ValueError(f"need learning rates > 0 and 0 < layer_decay <= 1, got learning_rate={learning_rate}, "
+                         f"encoder_learning_rate={encoder_learning_rate}, layer_decay={layer_decay}.")
+    named = list(network.named_parameters())
+    blocks = {int(m.group(1)) for name, _ in named if (m := _BLOCK.match(_under(name, encoder) or ""))}
+    if not blocks:
+        raise ValueError(f"{type(getattr(network, 'module', network)).__name__} has no ViT encoder with transformer "
+                         f"blocks under '{encoder}.' for layer-wise learning-rate decay.")
+    num_layers = max(blocks) + 1
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in named:
+        if not param.requires_grad:
+            continue
+        layer_id = encoder_layer_id(name, num_layers, encoder)
+        no_decay = _no_weight_decay(name, param)
+        if (layer_id, no_decay) not in groups:
+            lr = (learning_rate if layer_id > num_layers
+                  else encoder_learning_rate * layer_decay ** (num_layers + 1 - layer_id))
+            groups[layer_id, no_decay] = {"params": [], "lr": lr, "weight_decay": 0.0 if no_decay else weight_decay,
+                                          "layer_id": layer_id}
+        groups[layer_id, no_decay]["params"].append(param)
+    if not groups:
+        raise ValueError(f"every parameter of {type(network).__name__} is frozen: there is nothing to train.")
+    rates = {layer_id: group["lr"] for (layer_id, _), group in sorted(groups.items())}
+    encoder_rates = [rates[i] for i in (0, num_layers) if i in rates]
+    logger.info("learning rates: " + (f"encoder {' .. '.join(f'{r:.3g}' for r in encoder_rates)} (patch embedding .. "
+                f"block {num_layers}, layer_decay {layer_decay:g})" if encoder_rates else "encoder frozen")
+                + f", decoder and head {learning_rate:.3g}")
+    return [groups[key] for key in sorted(groups)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pickle
 import re
 
 import torch
@@ -75,6 +76,19 @@ class TrainingCheckpointSaver(CheckpointSaver):
         super().attach(engine)
 
 
+def _unreadable(err: BaseException) -> str:
+    """Why ``torch.load`` / ``load_state_dict`` failed on a checkpoint, in words (truncated, not a torch file, objects
+    that ``weights_only`` refuses to unpickle, weights that do not fit), with the error's first line."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, pickle.UnpicklingError):
+        reason = "it holds objects other than tensors, which torch.load(weights_only=True) refuses to unpickle"
+    elif "state_dict" in text:
+        reason = "its weights do not fit the network this config builds"
+    else:
+        reason = "it is truncated or corrupt, or torch.save did not write it"
+    return f"{reason} ({type(err).__name__}: {text})."
+
+
 def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint") -> str | None:
     """The ``{prefix}_*.pt`` file of ``ckpt_dir`` with the highest epoch/iteration number, or None if there is none."""
     paths = glob.glob(os.path.join(ckpt_dir, f"{prefix}_*.pt"))
@@ -121,8 +135,8 @@ class TrainingCheckpointLoader(CheckpointLoader):
     def __call__(self, engine: Engine) -> None:
         try:
             super().__call__(engine)
-        except (RuntimeError, EOFError, OSError) as err:
-            raise ValueError(f"cannot resume from checkpoint '{self.load_path}': {type(err).__name__}: {err}") from err
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+            raise ValueError(f"cannot resume from checkpoint '{self.load_path}': {_unreadable(err)}") from err
         self.logger.info(f"resumed from {self.load_path} at epoch {engine.state.epoch}, "
                          f"iteration {engine.state.iteration}")
 
@@ -161,8 +175,10 @@ class ModelCheckpointLoader(CheckpointLoader):
             super().__call__(engine)
         except RuntimeError as err:
             if "Error(s) in loading state_dict" not in str(err):
-                raise
+                raise ValueError(f"model checkpoint '{self.load_path}' cannot be loaded: {_unreadable(err)}") from err
             raise ValueError(self._mismatch(err)) from None
+        except (EOFError, OSError, pickle.UnpicklingError) as err:
+            raise ValueError(f"model checkpoint '{self.load_path}' cannot be loaded: {_unreadable(err)}") from err
 
     def _mismatch(self, err: RuntimeError) -> str:
         """One paragraph on why the checkpoint does not fit the (first) network of ``load_dict``."""
