@@ -28,7 +28,7 @@ from custom_components.config_checks import check_cli_overrides
 
 __all__ = [
     "EVERY_RANK", "device_ids", "finalize", "handlers_for_rank", "initialize", "is_distributed", "local_device",
-    "rank", "rank_partition",
+    "rank", "rank_partition", "sync_batch_norm",
 ]
 
 #: MONAI handlers that every rank must run: they step schedules, start validation, load weights or gather across
@@ -89,6 +89,15 @@ def device_ids(device: torch.device | str) -> list[torch.device] | None:
     """``DistributedDataParallel``'s ``device_ids``: ``[device]`` for a CUDA device, None for the CPU."""
     device = torch.device(device)
     return [device] if device.type == "cuda" else None
+
+
+def sync_batch_norm(module: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """``module`` with its batch norms (e.g. a ``head_batch_norm`` DINO head) made ``SyncBatchNorm`` on a CUDA
+    device, so their statistics span every rank's batch, as DINO does; unchanged on the CPU, where PyTorch has no
+    ``SyncBatchNorm`` (each rank then normalises by its own batch). Without batch norms it changes nothing."""
+    if torch.device(device).type != "cuda":
+        return module
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
 
 def rank_partition(data: Sequence, seed: int = 0, shuffle: bool = True, even_divisible: bool = True) -> list:

@@ -117,3 +117,32 @@ def test_ema_teacher_update_math_and_no_grad():
     assert not teacher.training
     with pytest.raises(ValueError, match="momentum"):
         teacher.update(student, 1.5)
+
+
+def test_a_batch_normalised_head_removes_what_every_input_shares():
+    """head_batch_norm: hidden units standardised across the batch in the student's head and in the teacher's, which
+    stays in eval mode except for those norms; a shared offset of the inputs no longer reaches the logits."""
+    student = GLMAE(img_size=32, head_batch_norm=True, **TINY)
+    norms = [m for m in student.head.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(norms) == 2  # after each hidden layer of the 3-layer MLP
+    teacher = EMATeacher(student)
+    teacher.train()
+    assert not teacher.training and not teacher.encoder.training
+    assert all(m.training for m in teacher.head.modules() if isinstance(m, torch.nn.BatchNorm1d))
+    features = torch.randn(6, 48)
+    with torch.no_grad():
+        logits = teacher.head(features)
+        assert torch.allclose(teacher.head(features + 25.0), logits, atol=1e-4)  # the shared part is gone
+        plain = GLMAE(img_size=32, **TINY).head
+        assert not torch.allclose(plain(features + 25.0), plain(features), atol=1e-2)  # control: it is not, without
+    with pytest.raises(ValueError, match="head_batch_norm"):
+        GLMAE(img_size=32, consistency="byol", head_batch_norm=True, **TINY)
+
+
+def test_sync_batch_norm_only_on_cuda():
+    from custom_components.distributed import sync_batch_norm
+
+    head = GLMAE(img_size=32, head_batch_norm=True, **TINY)
+    assert sync_batch_norm(head, "cpu") is head
+    converted = sync_batch_norm(GLMAE(img_size=32, head_batch_norm=True, **TINY), "cuda:0")  # conversion needs no GPU
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules())

@@ -55,6 +55,9 @@ class GLMAE(nn.Module):
             tokens, DINO's truncated-normal head; see ``mae_init_``) or ``"monai"`` (the blocks' own defaults).
         drop_path_rate: stochastic depth of the student encoder (the EMA teacher runs without it).
         head_fp32: run the projection head in float32 under autocast.
+        head_batch_norm: batch-normalised hidden layers in the DINO head (DINO's ``use_bn_in_head``); the EMA
+            teacher's head then normalises each batch by its own statistics. Under DistributedDataParallel on GPUs,
+            ``custom_components.distributed.sync_batch_norm`` makes the statistics span every rank's batch.
 
     Example::
 
@@ -86,6 +89,7 @@ class GLMAE(nn.Module):
         weight_init: str = "mae",
         drop_path_rate: float = 0.0,
         head_fp32: bool = True,
+        head_batch_norm: bool = False,
     ) -> None:
         super().__init__()
         for name, value, choices in (("consistency", consistency, CONSISTENCY_FORMS),
@@ -103,8 +107,11 @@ class GLMAE(nn.Module):
             hidden_size, patch_size, in_channels, decoder_hidden_size, decoder_num_layers, decoder_num_heads,
             qkv_bias=qkv_bias, use_flash_attention=use_flash_attention,
         )
+        if head_batch_norm and consistency != "dino":
+            raise ValueError("head_batch_norm is an option of the DINO head (consistency 'dino'), not of 'byol'.")
         if consistency == "dino":
-            self.head = DINOHead(hidden_size, head_out_dim, head_hidden_dim, head_bottleneck_dim)
+            self.head = DINOHead(hidden_size, head_out_dim, head_hidden_dim, head_bottleneck_dim,
+                                 batch_norm=head_batch_norm)
             self.predictor = nn.Identity()
         else:
             self.head = MLPHead(hidden_size, head_out_dim, head_hidden_dim)
@@ -165,8 +172,14 @@ class EMATeacher(nn.Module):
         self.eval()
 
     def train(self, mode: bool = True) -> EMATeacher:
-        """The teacher always stays in eval mode."""
-        return super().train(False)
+        """The teacher always stays in eval mode, except its head's batch norms (``head_batch_norm``), which
+        standardise each batch by its own statistics, as DINO's teacher does (it has no running statistics of its
+        own worth using: its parameters are an average of the student's)."""
+        super().train(False)
+        for module in self.head.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.train(True)
+        return self
 
     @torch.no_grad()
     def forward(self, views: torch.Tensor, return_features: bool = False):
