@@ -180,9 +180,9 @@ class TrainingLog:
             return
         logger.warning(
             f"step 0: {values}: NO-GO. The teacher starts within ~{spread ** 2 / 2:.2f} nats of uniform, where the "
-            f"consistency gradient is ~0, and the branch may never leave its uniform start. A colder early teacher "
-            f"(warmup_teacher_temp) or a smaller head_bottleneck_dim widens it (see the pre-training bundle's "
-            f"README, 'Collapse')."
+            f"consistency gradient is ~0, and the branch may never leave its uniform start. A batch-normalised "
+            f"projection head (head_batch_norm), a colder early teacher (warmup_teacher_temp) or a smaller "
+            f"head_bottleneck_dim widens it (see the pre-training bundle's README, 'Collapse')."
         )
 
     def _check_collapse(self, engine: Engine, row: dict[str, float]) -> None:
