@@ -64,8 +64,8 @@ def test_the_bundle_command_stops_on_an_unknown_override():
     assert last.startswith("error: ValueError: unknown config id(s) on the command line: --num_volume")
 
 
-def run_btcv(*args, cwd_bundle="glmae_btcv_segmentation"):
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json", *args]
+def run_btcv(*args, cwd_bundle="glmae_btcv_segmentation", config="configs/train.json"):
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *args]
     return subprocess.run(command, cwd=os.path.join(BUNDLES, cwd_bundle), capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=REPO_ROOT), timeout=300)
 
@@ -124,11 +124,8 @@ def test_a_truncated_checkpoint_is_the_last_line_naming_it(tmp_path, config, opt
     (tmp_path / "d.json").write_text(json.dumps({"training": [entry], "validation": [entry], "testing": [entry]}))
     torch.save({"weight": torch.zeros(64, 64)}, tmp_path / "full.pt")
     (tmp_path / "truncated.pt").write_bytes((tmp_path / "full.pt").read_bytes()[:500])
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--datalist",
-               str(tmp_path / "d.json"), option, str(tmp_path / "truncated.pt"), "--output_dir", str(tmp_path / "runs"),
-               "--device", "$torch.device('cpu')"]
-    result = subprocess.run(command, cwd=os.path.join(BUNDLES, "glmae_btcv_segmentation"), capture_output=True,
-                            text=True, env=dict(os.environ, PYTHONPATH=REPO_ROOT), timeout=300)
+    result = run_btcv("--datalist", str(tmp_path / "d.json"), option, str(tmp_path / "truncated.pt"), "--output_dir",
+                      str(tmp_path / "runs"), "--device", "$torch.device('cpu')", config=config)
     assert result.returncode != 0
     assert str(tmp_path / "truncated.pt") in last_line(result) and "truncated" in last_line(result), last_line(result)
     assert last_line(result).startswith("error: ValueError: "), last_line(result)

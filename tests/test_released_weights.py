@@ -6,18 +6,15 @@ wrong qkv order, wrong MLP names and a CLS slot taken from the wrong end."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from bundle_utils import make_workflow
 from monai.networks.nets import ViT
 from released_vit_utils import ReleasedViT3D, released_checkpoint
 
 import custom_components.weights as weights
 from custom_components.weights import load_encoder
 
-BUNDLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles")
 #: a narrower width than ViT-B keeps the large-ROI cases fast; the layout and the grids are the bundles' own
 NARROW = {"hidden_size": 96, "mlp_dim": 192, "num_heads": 4}
 #: largest difference allowed, relative to the features' standard deviation. What remains is LayerNorm's epsilon
@@ -27,11 +24,9 @@ TOLERANCE = 1e-3
 
 def bundle_network(bundle: str, **override) -> torch.nn.Module:
     """The bundle's ``network_def`` (UNETR, or the CC-CCII classifier) as its train.json builds it."""
-    parser = ConfigParser()
-    parser.read_config(os.path.join(BUNDLES, bundle, "configs", "train.json"))
-    parser.update(override)
+    workflow = make_workflow(bundle, ["train.json"], **override)
     torch.manual_seed(1)
-    return parser.get_parsed_content("network_def")
+    return workflow.parser.get_parsed_content("network_def")
 
 
 def feature_difference(network: torch.nn.Module, released: ReleasedViT3D, checkpoint: str, in_channels: int,
@@ -105,7 +100,7 @@ def wrong_qkv_order(convert):
         out = convert(state)
         for key, value in out.items():
             if key.endswith(("attn.qkv.weight", "attn.qkv.bias")):
-                heads = 4
+                heads = NARROW["num_heads"]
                 out[key] = value.reshape(3, heads, -1, *value.shape[1:]).transpose(0, 1).reshape(value.shape)
         return out
     return convert_wrongly

@@ -173,11 +173,9 @@ class ModelCheckpointLoader(CheckpointLoader):
             )
         try:
             super().__call__(engine)
-        except RuntimeError as err:
-            if "Error(s) in loading state_dict" not in str(err):
-                raise ValueError(f"model checkpoint '{self.load_path}' cannot be loaded: {_unreadable(err)}") from err
-            raise ValueError(self._mismatch(err)) from None
-        except (EOFError, OSError, pickle.UnpicklingError) as err:
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+            if isinstance(err, RuntimeError) and "Error(s) in loading state_dict" in str(err):
+                raise ValueError(self._mismatch(err)) from None
             raise ValueError(f"model checkpoint '{self.load_path}' cannot be loaded: {_unreadable(err)}") from err
 
     def _mismatch(self, err: RuntimeError) -> str:
